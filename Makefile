@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP) ## Create/refresh the virtual environment (idempotent)
 
 run: setup ## Run the main job end to end on the bundled demo data
-	$(FASHION) run --preset demo --workdir $(WORKDIR)
+	$(FASHION) ingest --preset demo --out $(WORKDIR)/ingest
 
 test: setup ## Install and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -118,9 +118,7 @@ class EvaluateConfig:
 
     attribute_threshold: float = field(default=0.75, metadata=_range(0.0, 1.0))
     hierarchical_decoding: bool = False
-    floors: Mapping[str, float] = field(
-        default_factory=lambda: {"category_accuracy": 0.5, "subcategory_accuracy": 0.3}
-    )
+    floors: Mapping[str, float] = field(default_factory=lambda: {"category_accuracy": 0.5, "subcategory_accuracy": 0.3})
     tolerances: Mapping[str, float] = field(
         default_factory=lambda: {"category_accuracy": 0.01, "subcategory_accuracy": 0.01}
     )
@@ -391,6 +389,7 @@ def load_config(
 
     Raises:
         ConfigError: a value is of the wrong type, out of range, or names an unknown field.
+
     """
     run_layer = read_yaml(config_path) if config_path else {}
     overrides = dict(overrides or {})

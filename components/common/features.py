@@ -46,6 +46,7 @@ def make_example(
         subcategory: sub-category class index.
         attributes: multi-hot vector (0/1) over the attribute vocabulary, fixed length.
         original_size: (height, width) of the photo before resizing.
+
     """
     import tensorflow as tf
 

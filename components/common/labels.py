@@ -37,6 +37,7 @@ class LabelSchema:
         attributes: attribute vocabulary, entries `column=value`, grouped by column in order.
         tree: category -> sorted sub-categories seen under it (a sub-category may occur under
             several categories: the data is not a clean tree).
+
     """
 
     category_column: str
@@ -81,6 +82,7 @@ class LabelSchema:
 
         Raises:
             KeyError: the row's category or sub-category is not in the vocabulary.
+
         """
         cat = self.categories.index(row[self.category_column])
         sub = self.subcategories.index(row[self.subcategory_column])
@@ -88,8 +90,7 @@ class LabelSchema:
         attrs = sorted(
             index[key]
             for column in self.attribute_columns
-            if (value := (row.get(column) or "").strip())
-            and (key := attribute_label(column, value)) in index
+            if (value := (row.get(column) or "").strip()) and (key := attribute_label(column, value)) in index
         )
         return cat, sub, attrs
 

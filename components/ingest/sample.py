@@ -27,6 +27,7 @@ def sample_catalogue(
 
     Returns:
         Counts of rows written and holdout photos.
+
     """
     out_dir = Path(out_dir)
     samples_dir = out_dir.parent / "samples"
