@@ -109,6 +109,8 @@ class TrainConfig:
     shuffle_buffer: int = field(default=4096, metadata=_range(1, None))
     class_weight_power: float = field(default=1.0, metadata=_range(0.0, 4.0))
     label_smoothing: float = field(default=0.0, metadata=_range(0.0, 0.5))
+    weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    clip_norm: float = field(default=0.0, metadata=_range(0.0, None))
     seed: int = 42
 
 
