@@ -1,0 +1,117 @@
+"""The one factory that builds the Kubeflow pipeline; `fashion run`, `compile`, `submit` and `schedule` all call it.
+
+ingest -> preprocess (Beam) -> train -> evaluate -> if blessed: register (MLflow) -> deploy
+(publish, verify the live endpoint, then promote). Resources, images, caching and retries come
+from `config.pipeline`; everything a user changes per run is a pipeline parameter.
+No `from __future__ import annotations` here: kfp reads the pipeline's parameter types.
+"""
+
+from kfp import dsl
+
+from components.common.config import Config
+from pipeline.params import pipeline_arguments
+from pipeline.steps import build_components
+
+# Steps whose outputs are a pure function of their inputs: a re-run with the same arguments reuses them.
+CACHED_STEPS = ("ingest-images", "resize-images")
+# Steps that read or write object storage or the registry: transient failures are retried.
+RETRIED_STEPS = ("ingest-images", "resize-images", "register-model", "deploy-model")
+RETRIES = 2
+RETRY_BACKOFF = "10s"
+
+DISPLAY_NAMES = {
+    "ingest-images": "Ingest catalogue",
+    "resize-images": "Preprocess (Beam)",
+    "train-model": "Train unified model",
+    "evaluate-model": "Evaluate and gate",
+    "register-model": "Register (MLflow)",
+    "deploy-model": "Deploy (TF Serving)",
+}
+
+
+def _storage_step(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    return task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0)
+
+
+def build_pipeline(config: Config):
+    """Build the `@dsl.pipeline` for `config`: its defaults are the config's values.
+
+    Args:
+        config: the resolved configuration; `pipeline.*` sets images and resources at build
+            time, the rest becomes the default value of the pipeline parameters.
+
+    Returns:
+        The pipeline (a kfp GraphComponent): call it under `kfp.local`, or compile it.
+    """
+    steps = build_components(config.pipeline)
+    defaults = pipeline_arguments(config)
+    resources = config.pipeline
+
+    @dsl.pipeline(
+        name=config.pipeline.name,
+        description="Fashion product categorisation and attribute extraction (Ferreira et al. 2018): "
+        "ingest, Beam preprocessing, training, evaluation gate, MLflow registration, TF Serving deployment.",
+        pipeline_root=config.pipeline.pipeline_root or None,
+    )
+    def fashion_pipeline(
+        source_uri: str = defaults["source_uri"],
+        preset: str = defaults["preset"],
+        overrides: dict = defaults["overrides"],
+        gate_floors: dict = defaults["gate_floors"],
+        model_name: str = defaults["model_name"],
+        mlflow_tracking_uri: str = defaults["mlflow_tracking_uri"],
+        model_base_path: str = defaults["model_base_path"],
+    ):
+        ingest = steps["ingest_images"](source_uri=source_uri, preset=preset, overrides=overrides)
+        _storage_step(ingest)
+
+        preprocess = steps["resize_images"](preset=preset, overrides=overrides, manifest=ingest.outputs["manifest"])
+        _storage_step(preprocess).set_cpu_request(resources.preprocess_cpu)
+
+        train = steps["train_model"](preset=preset, overrides=overrides, examples=preprocess.outputs["examples"])
+        train.set_caching_options(enable_caching=False)
+        train.set_cpu_request(resources.train_cpu).set_memory_request(resources.train_memory)
+        train.set_memory_limit(resources.train_memory)
+        if resources.accelerator_count:
+            train.set_accelerator_type(resources.accelerator_type).set_accelerator_limit(resources.accelerator_count)
+
+        evaluate = steps["evaluate_model"](
+            preset=preset,
+            overrides=overrides,
+            gate_floors=gate_floors,
+            model_name=model_name,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            model=train.outputs["model"],
+            examples=preprocess.outputs["examples"],
+        )
+        # The gate compares against the live champion, which changes between runs.
+        evaluate.set_caching_options(enable_caching=False)
+
+        with dsl.If(evaluate.outputs["blessed"] == True, name="gate-passed"):  # noqa: E712 (kfp condition)
+            register = steps["register_model"](
+                preset=preset,
+                overrides=overrides,
+                model_name=model_name,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                model=train.outputs["model"],
+                evaluation=evaluate.outputs["evaluation"],
+            )
+            _storage_step(register).set_caching_options(enable_caching=False)
+            deploy = steps["deploy_model"](
+                preset=preset,
+                overrides=overrides,
+                model_name=model_name,
+                mlflow_tracking_uri=mlflow_tracking_uri,
+                model_base_path=model_base_path,
+                saved_model=register.outputs["saved_model"],
+                evaluation=evaluate.outputs["evaluation"],
+            )
+            _storage_step(deploy).set_caching_options(enable_caching=False)
+
+        for task in (ingest, preprocess, train, evaluate, register, deploy):
+            task.set_display_name(DISPLAY_NAMES[task.name])
+        for task in (ingest, preprocess):
+            task.set_caching_options(enable_caching=True)
+
+    return fashion_pipeline

@@ -1,0 +1,202 @@
+"""What each step's output says about itself: artifact metadata read from the files a step wrote.
+
+The step functions write their outputs as documented in docs/ARTIFACTS.md; these helpers read the
+small summary files back (never the data) so the Kubeflow UI, `fashion run`'s summary and the
+next step see image size, label vocabularies, counts, metrics and versions on the artifact.
+No kfp import: the artifacts arrive as duck-typed objects with `metadata`, `path` and the
+`log_*` methods of kfp's Metrics and ClassificationMetrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _labels(folder: Path) -> dict[str, Any]:
+    labels = _read_json(folder / "labels.json") or {}
+    out: dict[str, Any] = {}
+    for level in ("categories", "subcategories", "attributes"):
+        values = labels.get(level)
+        if isinstance(values, list):
+            out[f"num_{level}"] = len(values)
+            out[level] = values
+    return out
+
+
+def _git_and_config(folder: Path) -> dict[str, Any]:
+    config_path = folder / "config.yaml"
+    if not config_path.is_file():
+        return {}
+    config = yaml.safe_load(config_path.read_text()) or {}
+    return {"preset": config.get("preset", "")}
+
+
+def describe_manifest(manifest_dir: str | Path) -> dict[str, Any]:
+    """Counts, splits and label vocabularies of an ingest output folder."""
+    folder = Path(manifest_dir)
+    report = _read_json(folder / "ingest_report.json") or {}
+    meta: dict[str, Any] = {"format": "manifest.csv", **_git_and_config(folder), **_labels(folder)}
+    if "source" in report:
+        meta["source"] = report["source"]
+    accounting = report.get("accounting") or {}
+    for key in ("rows", "images", "usable"):
+        if key in accounting:
+            meta[key] = accounting[key]
+    usable = report.get("usable") or {}
+    if isinstance(usable.get("splits"), Mapping):
+        meta["splits"] = dict(usable["splits"])
+    excluded = {
+        k: v["count"]
+        for k, v in report.items()
+        if isinstance(v, Mapping) and "count" in v and k not in ("rows", "images", "usable") and v["count"]
+    }
+    if excluded:
+        meta["excluded"] = excluded
+    return meta
+
+
+def describe_examples(examples_dir: str | Path) -> dict[str, Any]:
+    """Image size, shard layout and per-split counts of a preprocess output folder."""
+    folder = Path(examples_dir)
+    stats = _read_json(folder / "stats.json") or {}
+    meta: dict[str, Any] = {"format": "tfrecord", **_git_and_config(folder), **_labels(folder)}
+    for key in ("image_height", "image_width", "image_format", "compression"):
+        if key in stats:
+            meta[key] = stats[key]
+    for key in ("split_counts", "counts", "splits"):
+        if isinstance(stats.get(key), Mapping):
+            meta["splits"] = {
+                k: (v.get("count") if isinstance(v, Mapping) else v) for k, v in stats[key].items()
+            }
+            break
+    rejects = folder / "rejects.jsonl"
+    if rejects.is_file():
+        meta["rejected"] = sum(1 for line in rejects.read_text().splitlines() if line.strip())
+    return meta
+
+
+def describe_model(model_dir: str | Path) -> dict[str, Any]:
+    """Framework, backbone, input size and training outcome of a model folder."""
+    folder = Path(model_dir)
+    meta: dict[str, Any] = {"framework": "keras", "file": "model.keras", **_git_and_config(folder), **_labels(folder)}
+    model_config = _read_json(folder / "model_config.json") or {}
+    for key in ("backbone", "input_height", "input_width", "head", "params", "parameters"):
+        if key in model_config:
+            meta[key] = model_config[key]
+    history = _read_json(folder / "history.json") or {}
+    epochs = history.get("epochs") if isinstance(history, Mapping) else None
+    series = history.get("history", history) if isinstance(history, Mapping) else {}
+    if isinstance(series, Mapping):
+        losses = series.get("val_loss") or series.get("loss")
+        if isinstance(losses, list) and losses:
+            meta["epochs"] = epochs or len(losses)
+            meta["best_val_loss" if "val_loss" in series else "best_loss"] = float(min(losses))
+    return meta
+
+
+def _scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            out[prefix + key] = float(value)
+    return out
+
+
+def _confusion(evaluation: Path) -> tuple[list[str], list[list[int]]] | None:
+    for name in ("confusion.json", "confusion_matrix.json", "classification_metrics.json"):
+        data = _read_json(evaluation / name)
+        if isinstance(data, Mapping):
+            labels = data.get("categories") or data.get("labels")
+            matrix = data.get("matrix") or data.get("confusion_matrix")
+            if labels and matrix:
+                return [str(x) for x in labels], [[int(v) for v in row] for row in matrix]
+    return None
+
+
+def record_evaluation(evaluation_dir: str | Path, evaluation, metrics, confusion, report, summary) -> dict[str, Any]:
+    """Turn an evaluate output folder into kfp artifacts; returns the gate decision.
+
+    Args:
+        evaluation_dir: the folder the evaluate step wrote (metrics.json, gate.json, reports).
+        evaluation: the folder's own artifact (gets the gate and headline metrics as metadata).
+        metrics: a kfp `Metrics` artifact: one logged value per flat scalar metric.
+        confusion: a kfp `ClassificationMetrics` artifact: the category confusion matrix.
+        report: a kfp `HTML` artifact: the self-contained report page.
+        summary: a kfp `Markdown` artifact: the Markdown summary.
+
+    Returns:
+        `gate.json` as a dict with at least `blessed` (bool) and `reason` (str).
+    """
+    folder = Path(evaluation_dir)
+    gate = _read_json(folder / "gate.json")
+    if not isinstance(gate, Mapping) or "blessed" not in gate:
+        raise FileNotFoundError(f"{folder / 'gate.json'}: the evaluate step wrote no gate decision")
+    values = _scalars(_read_json(folder / "metrics.json") or {})
+    for name, value in sorted(values.items()):
+        metrics.log_metric(name, value)
+    matrix = _confusion(folder)
+    if matrix is not None:
+        labels, rows = matrix
+        confusion.log_confusion_matrix(labels, rows)
+    for src, artifact in (("report.html", report), ("report.md", summary)):
+        if (folder / src).is_file():
+            Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder / src, artifact.path)
+    gate = {"blessed": bool(gate["blessed"]), "reason": str(gate.get("reason", "")), **gate}
+    evaluation.metadata.update(
+        {"blessed": gate["blessed"], "reason": gate["reason"], **{k: values[k] for k in list(values)[:20]}}
+    )
+    metrics.metadata.update({"blessed": gate["blessed"]})
+    return gate
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    if result is None:
+        return {}
+    if dataclasses.is_dataclass(result):
+        return {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+    if isinstance(result, Mapping):
+        return dict(result)
+    return {k: v for k, v in vars(result).items() if not k.startswith("_")}
+
+
+def _plain(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Only JSON-friendly values (kfp stores metadata as a protobuf Struct)."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str | int | float | bool) or value is None:
+            out[key] = value
+        elif isinstance(value, list | tuple) and all(isinstance(v, str | int | float | bool) for v in value):
+            out[key] = list(value)
+        elif isinstance(value, Mapping):
+            out[key] = json.loads(json.dumps(value, default=str))
+    return out
+
+
+def describe_registration(result: Any, saved_model_dir: str | Path) -> dict[str, Any]:
+    """Registered model name, version, MLflow run and alias of a register step."""
+    return {"framework": "tensorflow-saved-model", **_plain(_as_dict(result))}
+
+
+def describe_deployment(result: Any, deployment_dir: str | Path) -> dict[str, Any]:
+    """Published version, endpoint and smoke-test outcome of a deploy step, also written to the folder."""
+    meta = _plain(_as_dict(result))
+    folder = Path(deployment_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "deployment.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return meta

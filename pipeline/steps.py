@@ -1,0 +1,139 @@
+"""The pipeline's steps as Kubeflow components: each a thin skin over one function in `components/`.
+
+A step body imports inside itself (it runs in its own process, in the image named by
+`config.pipeline`), rebuilds the run's Config from the pipeline parameters, makes one call into
+`components.<step>` and records what came out as typed artifacts with metadata. No paths travel
+between steps as strings: each step writes into its output artifact's folder and the next one
+reads its input artifact's.
+
+This module deliberately does not use `from __future__ import annotations`: kfp reads the
+artifact annotations of these functions as real types.
+"""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.common.config import PipelineConfig
+
+
+def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Output[Dataset]):
+    """Check and label the catalogue at `source_uri`; the manifest folder is the output Dataset."""
+    from components.ingest import ingest
+    from pipeline.metadata import describe_manifest
+    from pipeline.params import step_config
+
+    config = step_config(preset, overrides, source_uri=source_uri)
+    ingest.ingest_catalogue(source_uri, manifest.path, config)
+    manifest.metadata.update(describe_manifest(manifest.path))
+
+
+def resize_images(preset: str, overrides: dict, manifest: Input[Dataset], examples: Output[Dataset]):
+    """Resize every photo of the manifest into TFRecord shards and statistics (Apache Beam)."""
+    from components import preprocess
+    from pipeline.metadata import describe_examples
+    from pipeline.params import step_config
+
+    preprocess.resize_images(manifest.path, examples.path, step_config(preset, overrides))
+    examples.metadata.update(describe_examples(examples.path))
+
+
+def train_model(preset: str, overrides: dict, examples: Input[Dataset], model: Output[Model]):
+    """Train the unified network on the shards; the model folder is the output Model."""
+    from components import train
+    from pipeline.metadata import describe_model
+    from pipeline.params import step_config
+
+    train.train_model(examples.path, model.path, step_config(preset, overrides))
+    model.metadata.update(describe_model(model.path))
+
+
+def evaluate_model(
+    preset: str,
+    overrides: dict,
+    gate_floors: dict,
+    model_name: str,
+    mlflow_tracking_uri: str,
+    model: Input[Model],
+    examples: Input[Dataset],
+    evaluation: Output[Artifact],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+) -> NamedTuple("Gate", [("blessed", bool), ("reason", str)]):
+    """Score the model on the test split and decide the gate against the floors and the champion."""
+    from components import evaluate
+    from pipeline.metadata import record_evaluation
+    from pipeline.params import step_config
+
+    config = step_config(
+        preset, overrides, gate_floors=gate_floors, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri
+    )
+    evaluate.evaluate_model(model.path, examples.path, evaluation.path, config)
+    gate = record_evaluation(evaluation.path, evaluation, metrics, confusion, report, summary)
+    return (gate["blessed"], gate["reason"])
+
+
+def register_model(
+    preset: str,
+    overrides: dict,
+    model_name: str,
+    mlflow_tracking_uri: str,
+    pipeline_run_id: str,
+    model: Input[Model],
+    evaluation: Input[Artifact],
+    saved_model: Output[Model],
+):
+    """Export the SavedModel and register it in MLflow as the `challenger`."""
+    from components import register
+    from pipeline.metadata import describe_registration
+    from pipeline.params import step_config
+
+    config = step_config(preset, overrides, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri)
+    result = register.register_model(model.path, evaluation.path, saved_model.path, config, pipeline_run_id)
+    saved_model.metadata.update(describe_registration(result, saved_model.path))
+
+
+def deploy_model(
+    preset: str,
+    overrides: dict,
+    model_name: str,
+    mlflow_tracking_uri: str,
+    model_base_path: str,
+    saved_model: Input[Model],
+    evaluation: Input[Artifact],
+    deployment: Output[Artifact],
+):
+    """Publish the challenger to the serving base path, verify the live endpoint, then promote it."""
+    from components import deploy
+    from pipeline.metadata import describe_deployment
+    from pipeline.params import step_config
+
+    config = step_config(
+        preset,
+        overrides,
+        model_name=model_name,
+        mlflow_tracking_uri=mlflow_tracking_uri,
+        model_base_path=model_base_path,
+    )
+    result = deploy.deploy_model(saved_model.path, evaluation.path, config)
+    deployment.metadata.update(describe_deployment(result, deployment.path))
+
+
+STEPS = (ingest_images, resize_images, train_model, evaluate_model, register_model, deploy_model)
+
+
+def build_components(pipeline: PipelineConfig) -> dict[str, "dsl.base_component.BaseComponent"]:
+    """Every step as a kfp component in the configured image, keyed by step name.
+
+    The images already hold this project and its pinned dependencies (infra/docker), so nothing
+    is pip-installed when a step starts; training runs in the GPU image when the config asks for
+    accelerators.
+    """
+    built = {}
+    for func in STEPS:
+        image = pipeline.gpu_image if func is train_model and pipeline.accelerator_count else pipeline.base_image
+        built[func.__name__] = dsl.component(func, base_image=image, install_kfp_package=False)
+    return built
