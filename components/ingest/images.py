@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import os
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -67,7 +72,32 @@ def _check_chunk(args: tuple[list[str], int]) -> list[ImageCheck]:
     return [check_image(u, min_side) for u in uris]
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+@functools.lru_cache(maxsize=2)
+def _open_zip_cached(zip_path: str, mtime_ns: int, size: int) -> zipfile.ZipFile:
+    # Reading a large archive's central directory costs far more than one small photo: each
+    # worker process opens the archive once and keeps the handle for all of its chunks.
+    return zipfile.ZipFile(zip_path)
+
+
+def _extract_chunk(args: tuple[str, list[tuple[str, str]], int]) -> list[ImageCheck]:
+    """Extract zip members to their target paths and check the bytes read, in one pass."""
+    zip_path, pairs, min_side = args
+    out = []
+    stat = os.stat(zip_path)
+    zf = _open_zip_cached(zip_path, stat.st_mtime_ns, stat.st_size)
+    for member, target in pairs:
+        try:
+            data = zf.read(member)
+            Path(target).write_bytes(data)
+            width, height = check_image_bytes(data, min_side)
+        except (ValueError, OSError, zipfile.BadZipFile) as err:
+            out.append(ImageCheck(uri=target, ok=False, error=str(err)))
+            continue
+        out.append(ImageCheck(uri=target, ok=True, width=width, height=height))
+    return out
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -92,23 +122,50 @@ def check_images(
 
     """
     uris = list(uris)
-    total = len(uris)
+    tasks = [(c, min_side) for c in _chunks(uris, chunk_size)]
+    remote = any(storage.is_gcs(u) for u in uris)
+    return _run(_check_chunk, tasks, len(uris), workers, remote, progress)
+
+
+def extract_and_check(
+    zip_path: str,
+    pairs: list[tuple[str, str]],
+    min_side: int = 8,
+    workers: int = 2,
+    progress: Callable[[int, int, float], None] | None = None,
+    chunk_size: int = 256,
+) -> list[ImageCheck]:
+    """Extract (member, target path) pairs of a zip and check each photo from the bytes just read.
+
+    One read per photo serves both the copy to disk and the check; chunks run in parallel
+    processes, each with its own handle on the archive. Results are in input order.
+    """
+    tasks = [(zip_path, list(c), min_side) for c in _chunks(pairs, chunk_size)]
+    return _run(_extract_chunk, tasks, len(pairs), workers, False, progress)
+
+
+def _run(
+    fn: Callable[[Any], list[ImageCheck]],
+    tasks: list[Any],
+    total: int,
+    workers: int,
+    remote: bool,
+    progress: Callable[[int, int, float], None] | None,
+) -> list[ImageCheck]:
     start = time.perf_counter()
     results: list[ImageCheck] = []
 
-    def _report() -> None:
+    def _collect(chunk_result: list[ImageCheck]) -> None:
+        results.extend(chunk_result)
         if progress:
             progress(len(results), total, time.perf_counter() - start)
 
-    if workers <= 1 or total <= chunk_size:
-        for chunk in _chunks(uris, chunk_size):
-            results += _check_chunk((chunk, min_side))
-            _report()
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            _collect(fn(task))
         return results
-    remote = any(storage.is_gcs(u) for u in uris)
     pool: Executor = ThreadPoolExecutor(workers * 4) if remote else ProcessPoolExecutor(workers)
     with pool:
-        for chunk_result in pool.map(_check_chunk, ((c, min_side) for c in _chunks(uris, chunk_size))):
-            results += chunk_result
-            _report()
+        for chunk_result in pool.map(fn, tasks):
+            _collect(chunk_result)
     return results

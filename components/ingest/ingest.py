@@ -18,7 +18,7 @@ from components.common.config import Config
 from components.common.errors import StepError
 from components.common.labels import LabelSchema, assign_split, build_schema
 from components.ingest.catalog import CatalogError, read_catalog
-from components.ingest.images import check_images
+from components.ingest.images import check_images, extract_and_check
 from components.ingest.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,20 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
     def _progress(done: int, total: int, seconds: float) -> None:
         log.info("checked %d/%d photos (%.0f photos/s)", done, total, done / max(seconds, 1e-9))
 
-    checks = check_images(
-        [source.images[r["id"]] for r in rows],
-        min_side=config.data.min_image_side,
-        workers=config.data.validation_workers,
-        progress=_progress,
-    )
+    uris = [source.images[r["id"]] for r in rows]
+    if source.zip_path:
+        log.info("extracting and checking %d photos from %s into %s", len(uris), source.zip_path, out / "images")
+        checks = extract_and_check(
+            source.zip_path,
+            [(source.zip_members[u], u) for u in uris],
+            min_side=config.data.min_image_side,
+            workers=config.data.validation_workers,
+            progress=_progress,
+        )
+    else:
+        checks = check_images(
+            uris, min_side=config.data.min_image_side, workers=config.data.validation_workers, progress=_progress
+        )
     corrupt = {r["id"]: c.error for r, c in zip(rows, checks, strict=True) if not c.ok}
     rows = [r for r in rows if r["id"] not in corrupt]
 

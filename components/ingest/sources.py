@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from components.common import storage
@@ -27,13 +27,16 @@ class Source:
         styles_text: content of styles.csv.
         images: id -> image URI (local path or gs:// URI), one per id.
         duplicate_images: image URIs whose id already had a photo (e.g. 12.jpg and 12.png).
-
+        zip_path: for a zip source, the archive; its photos are not extracted yet.
+        zip_members: for a zip source, target path in `images` -> archive member name.
     """
 
     uri: str
     styles_text: str
     images: dict[str, str]
     duplicate_images: list[str]
+    zip_path: str = ""
+    zip_members: dict[str, str] = field(default_factory=dict)
 
 
 def _index_images(uris: list[str]) -> tuple[dict[str, str], list[str]]:
@@ -85,18 +88,13 @@ def _open_zip(path: Path, extract_dir: Path) -> Source:
         members = [
             n for n in names if n.startswith(image_prefix) and not n.endswith("/") and "/" not in n[len(image_prefix) :]
         ]
-        target = extract_dir / IMAGES_DIR
+        target = extract_dir.resolve() / IMAGES_DIR
         target.mkdir(parents=True, exist_ok=True)
-        log.info("extracting %d photos from %s to %s", len(members), path, target)
-        extracted = []
-        for name in members:
-            out = target / posixpath.basename(name)
-            if not out.exists() or out.stat().st_size != zf.getinfo(name).file_size:
-                out.write_bytes(zf.read(name))
-            extracted.append(str(out))
+        # Photos are extracted by the check step, which reads each member once for both jobs.
+        members_by_target = {str(target / posixpath.basename(n)): n for n in members}
         text = _decode(zf.read(styles_name), f"{path}!{styles_name}")
-    images, dups = _index_images(extracted)
-    return Source(str(path), text, images, dups)
+    images, dups = _index_images(list(members_by_target))
+    return Source(str(path), text, images, dups, zip_path=str(path), zip_members=members_by_target)
 
 
 def _open_gcs(uri: str) -> Source:
