@@ -39,14 +39,19 @@ def _diff(value: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_overrides(config: Config) -> dict[str, Any]:
-    """The fields of `config` that differ from its preset, minus those with a dedicated parameter."""
+    """The fields of `config` that differ from its preset, minus those with a dedicated parameter.
+
+    The `pipeline` section (images, resources, pipeline root) is left out: it shapes the compiled
+    DAG itself and means nothing to a step at run time.
+    """
     plain = config.to_dict()
     base = load_config(preset=config.preset).to_dict()
     for section, field_name in DEDICATED.values():
         plain[section].pop(field_name)
         base[section].pop(field_name)
-    plain.pop("preset")
-    base.pop("preset")
+    for key in ("preset", "pipeline"):
+        plain.pop(key)
+        base.pop(key)
     return _diff(plain, base)
 
 
