@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -34,74 +32,54 @@ def _labels(folder: Path) -> dict[str, Any]:
     return out
 
 
-def _git_and_config(folder: Path) -> dict[str, Any]:
-    config_path = folder / "config.yaml"
-    if not config_path.is_file():
-        return {}
-    config = yaml.safe_load(config_path.read_text()) or {}
-    return {"preset": config.get("preset", "")}
-
-
-def describe_manifest(manifest_dir: str | Path) -> dict[str, Any]:
-    """Counts, splits and label vocabularies of an ingest output folder."""
-    folder = Path(manifest_dir)
-    report = _read_json(folder / "ingest_report.json") or {}
-    meta: dict[str, Any] = {"format": "manifest.csv", **_git_and_config(folder), **_labels(folder)}
-    if "source" in report:
-        meta["source"] = report["source"]
+def describe_manifest(result: Any) -> dict[str, Any]:
+    """Counts, splits and label vocabularies of an ingest run (its `IngestResult`)."""
+    report = result.report
     accounting = report.get("accounting") or {}
-    for key in ("rows", "images", "usable"):
-        if key in accounting:
-            meta[key] = accounting[key]
+    meta: dict[str, Any] = {"format": "manifest.csv", "source": report.get("source", "")}
+    meta.update(_labels(Path(result.out_dir)))
+    meta.update({k: accounting[k] for k in ("rows", "images", "usable") if k in accounting})
     usable = report.get("usable") or {}
     if isinstance(usable.get("splits"), Mapping):
         meta["splits"] = dict(usable["splits"])
     excluded = {
         k: v["count"]
         for k, v in report.items()
-        if isinstance(v, Mapping) and "count" in v and k not in ("rows", "images", "usable") and v["count"]
+        if isinstance(v, Mapping) and v.get("count") and k not in ("rows", "images", "usable")
     }
     if excluded:
         meta["excluded"] = excluded
     return meta
 
 
-def describe_examples(examples_dir: str | Path) -> dict[str, Any]:
-    """Image size, shard layout and per-split counts of a preprocess output folder."""
-    folder = Path(examples_dir)
-    stats = _read_json(folder / "stats.json") or {}
-    meta: dict[str, Any] = {"format": "tfrecord", **_git_and_config(folder), **_labels(folder)}
-    for key in ("image_height", "image_width", "image_format", "compression"):
-        if key in stats:
-            meta[key] = stats[key]
-    for key in ("split_counts", "counts", "splits"):
-        if isinstance(stats.get(key), Mapping):
-            meta["splits"] = {
-                k: (v.get("count") if isinstance(v, Mapping) else v) for k, v in stats[key].items()
-            }
-            break
-    rejects = folder / "rejects.jsonl"
-    if rejects.is_file():
-        meta["rejected"] = sum(1 for line in rejects.read_text().splitlines() if line.strip())
+def describe_examples(result: Any) -> dict[str, Any]:
+    """Image size, shard layout and per-split counts of a preprocess run (its `PreprocessResult`)."""
+    stats = result.stats
+    meta: dict[str, Any] = {"format": "tfrecord", **_labels(Path(result.out_dir))}
+    meta.update({k: stats[k] for k in ("image_height", "image_width", "image_format", "compression") if k in stats})
+    meta.update({"splits": dict(result.splits), "records": result.records, "rejected": result.rejected})
     return meta
 
 
-def describe_model(model_dir: str | Path) -> dict[str, Any]:
-    """Framework, backbone, input size and training outcome of a model folder."""
-    folder = Path(model_dir)
-    meta: dict[str, Any] = {"framework": "keras", "file": "model.keras", **_git_and_config(folder), **_labels(folder)}
+def describe_model(result: Any, config: Any) -> dict[str, Any]:
+    """Framework, backbone, input size and training outcome of a training run (its `TrainResult`)."""
+    folder = Path(result.model_dir)
     model_config = _read_json(folder / "model_config.json") or {}
-    for key in ("backbone", "input_height", "input_width", "head", "params", "parameters"):
-        if key in model_config:
-            meta[key] = model_config[key]
-    history = _read_json(folder / "history.json") or {}
-    epochs = history.get("epochs") if isinstance(history, Mapping) else None
-    series = history.get("history", history) if isinstance(history, Mapping) else {}
-    if isinstance(series, Mapping):
-        losses = series.get("val_loss") or series.get("loss")
-        if isinstance(losses, list) and losses:
-            meta["epochs"] = epochs or len(losses)
-            meta["best_val_loss" if "val_loss" in series else "best_loss"] = float(min(losses))
+    meta: dict[str, Any] = {
+        "framework": "keras",
+        "file": "model.keras",
+        "backbone": config.model.backbone,
+        "head": config.model.head,
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "resumed_from": result.resumed_from,
+        **_labels(folder),
+    }
+    if "params" in model_config:
+        meta["params"] = model_config["params"]
+    if "image_size" in model_config:
+        meta["image_size"] = model_config["image_size"]
+    meta.update({k: float(v) for k, v in result.final_metrics.items() if k.startswith("val_")})
     return meta
 
 

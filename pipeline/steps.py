@@ -24,29 +24,29 @@ def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Outpu
     from pipeline.metadata import describe_manifest
     from pipeline.params import step_config
 
-    config = step_config(preset, overrides, source_uri=source_uri)
-    ingest.ingest_catalogue(source_uri, manifest.path, config)
-    manifest.metadata.update(describe_manifest(manifest.path))
+    result = ingest.ingest_catalogue(source_uri, manifest.path, step_config(preset, overrides, source_uri=source_uri))
+    manifest.metadata.update(describe_manifest(result))
 
 
 def resize_images(preset: str, overrides: dict, manifest: Input[Dataset], examples: Output[Dataset]):
     """Resize every photo of the manifest into TFRecord shards and statistics (Apache Beam)."""
-    from components import preprocess
+    from components.preprocess import preprocess
     from pipeline.metadata import describe_examples
     from pipeline.params import step_config
 
-    preprocess.resize_images(manifest.path, examples.path, step_config(preset, overrides))
-    examples.metadata.update(describe_examples(examples.path))
+    result = preprocess.resize_images(manifest.path, examples.path, step_config(preset, overrides))
+    examples.metadata.update(describe_examples(result))
 
 
 def train_model(preset: str, overrides: dict, examples: Input[Dataset], model: Output[Model]):
     """Train the unified network on the shards; the model folder is the output Model."""
-    from components import train
+    from components.train import trainer
     from pipeline.metadata import describe_model
     from pipeline.params import step_config
 
-    train.train_model(examples.path, model.path, step_config(preset, overrides))
-    model.metadata.update(describe_model(model.path))
+    config = step_config(preset, overrides)
+    result = trainer.train_model(examples.path, model.path, config)
+    model.metadata.update(describe_model(result, config))
 
 
 def evaluate_model(

@@ -84,7 +84,8 @@ def test_register_and_deploy_run_only_when_the_gate_blesses(paper_spec):
     assert len(conditions) == 1
     gate = conditions[0]
     assert "evaluate-model" in gate["dependentTasks"]
-    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--evaluate-model-blessed'] == true"
+    condition = gate["triggerPolicy"]["condition"]
+    assert condition == "inputs.parameter_values['pipelinechannel--evaluate-model-blessed'] == true"
     assert gate["inputs"]["parameters"]["pipelinechannel--evaluate-model-blessed"]["taskOutputParameter"] == {
         "outputParameterKey": "blessed",
         "producerTask": "evaluate-model",
