@@ -1,0 +1,158 @@
+"""The register step: export the SavedModel, record the run in MLflow, make it the `challenger` version."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common.config import Config
+from components.common.errors import StepError
+from components.register import model_package
+from components.register.backend import check_reachable, resolve_backend
+from components.register.registry import CHALLENGER, Registry
+from components.register.tracking import check_pipeline_run_id, read_gate, track_training_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """What the register step did.
+
+    Attributes:
+        model_name: the registered model.
+        version: the version made (or found) for this pipeline run; None when the gate did not bless it.
+        alias: `challenger` when a version was registered.
+        model_uri: `models:/<name>/<version>`.
+        run_id: the MLflow run holding params, metrics, reports and both model formats.
+        experiment_id: its experiment.
+        model_id: the logged SavedModel model behind the version.
+        tracking_uri: the MLflow store used.
+        saved_model_dir: the exported SavedModel folder.
+        blessed: the gate's decision.
+        created: False when this pipeline run had been registered before (nothing new was written).
+    """
+
+    model_name: str
+    version: str | None
+    alias: str | None
+    model_uri: str | None
+    run_id: str
+    experiment_id: str
+    model_id: str | None
+    tracking_uri: str
+    saved_model_dir: str
+    blessed: bool | None
+    created: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON-serialisable)."""
+        return asdict(self)
+
+
+def ensure_export(model_dir: str | Path, export_dir: str | Path, config: Config) -> Path:
+    """The SavedModel in `export_dir`, exported from `model_dir` first when it holds none yet."""
+    export_dir = Path(export_dir)
+    try:
+        return model_package.find_saved_model(export_dir)
+    except StepError:
+        pass
+    if export_dir.is_dir():
+        if any(export_dir.iterdir()):
+            raise StepError(f"{export_dir} holds files but no SavedModel; give an empty or new export folder")
+        export_dir.rmdir()  # the exporter creates the folder itself, atomically
+    from serving.export import export_model
+
+    export_model(model_dir, str(export_dir), config)
+    return model_package.find_saved_model(export_dir)
+
+
+def register_model(
+    model_dir: str | Path,
+    eval_dir: str | Path,
+    export_dir: str | Path,
+    config: Config,
+    pipeline_run_id: str,
+    *,
+    workdir: str | Path | None = None,
+    manifest_uri: str | None = None,
+    commit: str | None = None,
+    photos: Sequence[bytes | str | Path] = (),
+    require_blessed: bool = True,
+) -> RegistrationResult:
+    """Track a trained, evaluated model in MLflow and register its SavedModel as the `challenger`.
+
+    Args:
+        model_dir: the trainer's folder (docs/ARTIFACTS.md).
+        eval_dir: the evaluator's folder (`metrics.json`, `gate.json`, reports).
+        export_dir: the SavedModel folder; exported from `model_dir` when it holds none yet.
+        config: the resolved config (registry settings: URI, artifact root, experiment, model name).
+        pipeline_run_id: the pipeline run; registering the same run again returns the same version.
+        workdir: the work directory of the embedded store, used when `registry.tracking_uri` is empty
+            (`<workdir>/mlflow/mlflow.db`, artifacts in `<workdir>/mlflow/artifacts`).
+        manifest_uri: the ingest `manifest.csv` (or its folder), logged as the run's dataset.
+        commit: code version for the run's tags (default: this checkout's git commit).
+        photos: encoded photos for the version's input example (default: from the warmup requests).
+        require_blessed: register only when `gate.json` says `blessed` (the run is tracked anyway).
+
+    Returns:
+        The RegistrationResult (`version` None when the gate did not bless the model).
+
+    Raises:
+        StepError: a folder is incomplete, the gate decision is missing, or MLflow cannot be reached
+            or fails (the message names the URI; nothing is left half-written).
+    """
+    check_pipeline_run_id(pipeline_run_id)
+    backend = resolve_backend(config.registry, workdir)
+    if backend.tracking_uri.startswith("sqlite:///") and workdir is not None and not config.registry.tracking_uri:
+        Path(workdir, "mlflow").mkdir(parents=True, exist_ok=True)
+    check_reachable(backend.tracking_uri)
+    saved_model_dir = ensure_export(model_dir, export_dir, config)
+    blessed = read_gate(Path(eval_dir))
+    if blessed is None and require_blessed:
+        raise StepError(
+            f"{Path(eval_dir) / 'gate.json'} not found: evaluate the model first (or register with --force)"
+        )
+    tracked = track_training_run(
+        backend.tracking_uri,
+        config.registry.experiment,
+        model_dir,
+        eval_dir,
+        saved_model_dir,
+        config,
+        pipeline_run_id,
+        artifact_uri=backend.artifact_uri,
+        manifest_uri=manifest_uri,
+        commit=commit,
+        photos=photos,
+    )
+    name = config.registry.model_name
+    version = None
+    if blessed or not require_blessed:
+        registry = Registry(backend.tracking_uri, name)
+        already = registry.find_version(pipeline_run_id)
+        version = already or registry.register(
+            tracked.run_id, pipeline_run_id=pipeline_run_id, model_id=tracked.model_id, export_dir=saved_model_dir
+        )
+        created = already is None
+    else:
+        log.warning(
+            "gate did not bless pipeline run %s: tracked as run %s, not registered", pipeline_run_id, tracked.run_id
+        )
+        created = tracked.created
+    return RegistrationResult(
+        model_name=name,
+        version=version,
+        alias=CHALLENGER if version else None,
+        model_uri=f"models:/{name}/{version}" if version else None,
+        run_id=tracked.run_id,
+        experiment_id=tracked.experiment_id,
+        model_id=tracked.model_id,
+        tracking_uri=backend.tracking_uri,
+        saved_model_dir=str(saved_model_dir),
+        blessed=blessed,
+        created=created,
+    )

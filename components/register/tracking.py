@@ -1,0 +1,476 @@
+"""Record one training run in MLflow: config, per-epoch history, test metrics, reports, both model formats.
+
+One pipeline run is one MLflow run, found again by its `pipeline_run_id` tag: logging the same
+pipeline run twice returns the run logged the first time. A run that fails half-way is deleted,
+so the UI never shows a run with half its metrics or artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import subprocess
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common import storage
+from components.common.config import Config
+from components.common.errors import StepError
+from components.register import model_package
+from components.register.backend import backend_errors, is_already_exists, is_not_found, make_client
+
+log = logging.getLogger(__name__)
+
+# Run tags (plain names: they are columns in the MLflow UI).
+TAG_PIPELINE_RUN = "pipeline_run_id"
+TAG_GIT_COMMIT = "git_commit"
+TAG_MANIFEST_SHA = "data_manifest_sha256"
+TAG_IMAGE_SIZE = "image_size"
+TAG_BACKBONE = "backbone"
+TAG_BLESSED = "gate_blessed"
+# Metric name prefixes: per-epoch history on the training and validation splits, scalars on test.
+TRAIN_PREFIX = "train."
+VAL_PREFIX = "val."
+TEST_PREFIX = "test."
+
+MODEL_FILES = ("model.keras", "model_config.json", "labels.json", "history.json", "config.yaml")
+DATASET_NAME = "fashion-catalogue"
+_PIPELINE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,249}$")
+_BAD_NAME_CHARS = re.compile(r"[^\w\-. :/]")
+
+
+@dataclass(frozen=True)
+class TrainingOutputs:
+    """Everything a training run left on disk, read and checked before anything is logged.
+
+    Attributes:
+        model_dir: the trainer's folder (`model.keras`, `history.json`, `labels.json`, `config.yaml`).
+        eval_dir: the evaluator's folder (`metrics.json`, `gate.json`, reports, PNGs).
+        export_dir: the TF Serving SavedModel (or None when there is none to log).
+        config: the resolved config the model was trained with, as a nested dict.
+        history: metric name -> one value per epoch.
+        history_summary: scalars from `history.json` besides the history (epochs run, best epoch).
+        scalars: the evaluation's flat test metrics.
+        blessed: the gate's decision, None when `gate.json` is absent.
+        manifest_uri: the ingest manifest (`manifest.csv`) the data came from, if known.
+        manifest_sha256: its content hash, "unknown" without a manifest.
+    """
+
+    model_dir: Path
+    eval_dir: Path
+    export_dir: Path | None
+    config: dict[str, Any]
+    history: dict[str, list[float]]
+    history_summary: dict[str, float]
+    scalars: dict[str, float]
+    blessed: bool | None
+    manifest_uri: str | None = None
+    manifest_sha256: str = "unknown"
+    manifest_bytes: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """The MLflow run of one pipeline run.
+
+    Attributes:
+        run_id: the MLflow run id.
+        experiment_id: its experiment.
+        model_id: the logged SavedModel model (None when no export was logged).
+        created: False when the pipeline run had been logged before and was reused.
+    """
+
+    run_id: str
+    experiment_id: str
+    model_id: str | None
+    created: bool
+
+
+def check_pipeline_run_id(pipeline_run_id: str) -> str:
+    """Validate a pipeline run id (it goes into search filters and tags).
+
+    Raises:
+        StepError: empty, too long or with characters other than letters, digits and `._:@+-`.
+    """
+    if not isinstance(pipeline_run_id, str) or not _PIPELINE_RUN_ID.match(pipeline_run_id):
+        raise StepError(
+            f"pipeline run id {pipeline_run_id!r} is not usable: use 1-250 letters, digits or ._:@+- "
+            "(kfp passes its job id)"
+        )
+    return pipeline_run_id
+
+
+def metric_name(name: str) -> str:
+    """A metric/param name MLflow accepts: characters it rejects become `_`."""
+    return _BAD_NAME_CHARS.sub("_", str(name)).strip("/") or "_"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> `section.field` strings (lists as comma-separated values)."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            out[metric_name(name)] = ",".join(str(v) for v in value)
+        else:
+            out[metric_name(name)] = "" if value is None else str(value)
+    return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise StepError(f"{path} not found: {what}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise StepError(f"{path} is not valid JSON ({err}): {what}") from err
+
+
+def _numbers(values: Any) -> list[float] | None:
+    if not isinstance(values, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def read_history(model_dir: Path) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Per-epoch metrics and summary scalars from the trainer's `history.json`.
+
+    Accepts the trainer's layout (`{"history": {...}, "epochs_run": ..., ...}`) and a bare Keras
+    `History.history` dict. Entries that are not lists of numbers are skipped with a warning.
+    """
+    data = _read_json(model_dir / "history.json", "the model folder must hold the training history")
+    if not isinstance(data, Mapping):
+        raise StepError(f"{model_dir / 'history.json'}: expected a JSON object")
+    nested = data.get("history")
+    raw = nested if isinstance(nested, Mapping) else data
+    history: dict[str, list[float]] = {}
+    for key, values in raw.items():
+        numbers = _numbers(values)
+        if numbers is not None:
+            history[str(key)] = numbers
+    skipped = sorted(set(map(str, raw)) - set(history))
+    if skipped:
+        log.warning("history.json: %d entries are not per-epoch numbers and are not logged: %s", len(skipped), skipped)
+    summary: dict[str, float] = {}
+    if raw is nested:
+        summary = {str(k): float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return history, summary
+
+
+def read_scalars(eval_dir: Path) -> dict[str, float]:
+    """The evaluation's flat test metrics (`metrics.json` -> `scalars`)."""
+    data = _read_json(eval_dir / "metrics.json", "the evaluation folder must hold the test metrics")
+    scalars = data.get("scalars") if isinstance(data, Mapping) else None
+    if not isinstance(scalars, Mapping):
+        raise StepError(f"{eval_dir / 'metrics.json'}: no 'scalars' object of test metrics")
+    out, bad = {}, []
+    for key, value in scalars.items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[str(key)] = float(value)
+        else:
+            bad.append(key)
+    if bad:
+        log.warning("metrics.json: %d scalars are not numbers and are not logged: %s", len(bad), bad)
+    return out
+
+
+def read_gate(eval_dir: Path) -> bool | None:
+    """The gate's `blessed` decision, None when the evaluation wrote no `gate.json`."""
+    path = eval_dir / "gate.json"
+    if not path.is_file():
+        return None
+    data = _read_json(path, "the gate decision")
+    return bool(data.get("blessed")) if isinstance(data, Mapping) else None
+
+
+def read_manifest(manifest_uri: str) -> tuple[str, bytes]:
+    """(URI of `manifest.csv`, its bytes) for a manifest file or an ingest folder holding one."""
+    uri = str(manifest_uri)
+    if not uri.endswith(".csv"):
+        uri = storage.join(uri, "manifest.csv")
+    try:
+        return uri, storage.read_bytes(uri)
+    except storage.StorageError as err:
+        raise StepError(f"data manifest {uri} cannot be read: {err}") from err
+
+
+def read_training_outputs(
+    model_dir: str | Path,
+    eval_dir: str | Path,
+    export_dir: str | Path | None,
+    config: Config,
+    manifest_uri: str | None = None,
+) -> TrainingOutputs:
+    """Read and check a run's folders (docs/ARTIFACTS.md) before anything is written to MLflow.
+
+    The params come from the `config.yaml` the model was trained with (falling back on `config`),
+    so a later `fashion register` with other settings cannot misreport how the model was made.
+
+    Raises:
+        StepError: a folder or a required file is missing or unreadable.
+    """
+    model_dir, eval_dir = Path(model_dir), Path(eval_dir)
+    for folder, what in ((model_dir, "model"), (eval_dir, "evaluation")):
+        if not folder.is_dir():
+            raise StepError(f"{what} folder {folder} does not exist")
+    if not (model_dir / "model.keras").is_file():
+        raise StepError(f"{model_dir / 'model.keras'} not found: is {model_dir} a trained model folder?")
+    trained = config.to_dict()
+    config_path = model_dir / "config.yaml"
+    if config_path.is_file():
+        try:
+            trained = yaml.safe_load(config_path.read_text()) or trained
+        except yaml.YAMLError as err:
+            raise StepError(f"{config_path} is not valid YAML: {err}") from err
+    history, summary = read_history(model_dir)
+    uri, data = read_manifest(manifest_uri) if manifest_uri else (None, b"")
+    return TrainingOutputs(
+        model_dir=model_dir,
+        eval_dir=eval_dir,
+        export_dir=model_package.find_saved_model(export_dir) if export_dir else None,
+        config=trained,
+        history=history,
+        history_summary=summary,
+        scalars=read_scalars(eval_dir),
+        blessed=read_gate(eval_dir),
+        manifest_uri=uri,
+        manifest_sha256=hashlib.sha256(data).hexdigest() if uri else "unknown",
+        manifest_bytes=data,
+    )
+
+
+def git_commit(repo_dir: str | Path | None = None) -> str:
+    """The checked-out commit (with `-dirty` when there are uncommitted changes), or "unknown"."""
+    cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha or "unknown"
+
+
+def run_tags(outputs: TrainingOutputs, pipeline_run_id: str, commit: str) -> dict[str, str]:
+    """The tags that make a run findable: pipeline run, code, data, image size, backbone, gate."""
+    model = outputs.config.get("model", {}) if isinstance(outputs.config.get("model"), Mapping) else {}
+    tags = {
+        TAG_PIPELINE_RUN: pipeline_run_id,
+        TAG_GIT_COMMIT: commit,
+        TAG_MANIFEST_SHA: outputs.manifest_sha256,
+        TAG_IMAGE_SIZE: f"{model.get('input_height', '?')}x{model.get('input_width', '?')}",
+        TAG_BACKBONE: str(model.get("backbone", "unknown")),
+        "mlflow.runName": f"train-{pipeline_run_id}"[:250],
+        "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+    }
+    if outputs.blessed is not None:
+        tags[TAG_BLESSED] = str(outputs.blessed).lower()
+    return tags
+
+
+def _history_metrics(outputs: TrainingOutputs, timestamp: int) -> list[Any]:
+    from mlflow.entities import Metric
+
+    metrics = []
+    for key, values in outputs.history.items():
+        name = VAL_PREFIX + key[4:] if key.startswith("val_") else TRAIN_PREFIX + key
+        metrics += [Metric(metric_name(name), v, timestamp, step) for step, v in enumerate(values)]
+    metrics += [Metric(metric_name(TRAIN_PREFIX + k), v, timestamp, 0) for k, v in outputs.history_summary.items()]
+    metrics += [Metric(metric_name(TEST_PREFIX + k), v, timestamp, 0) for k, v in outputs.scalars.items()]
+    return metrics
+
+
+def _log_dataset(client: Any, run_id: str, outputs: TrainingOutputs) -> None:
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    if not outputs.manifest_uri:
+        return
+    frame = pd.read_csv(io.BytesIO(outputs.manifest_bytes))
+    with warnings.catch_warnings():
+        # MLflow warns that a local path matches two equivalent source types, and about int columns.
+        warnings.simplefilter("ignore", UserWarning)
+        entity = mlflow.data.from_pandas(
+            frame, source=outputs.manifest_uri, name=DATASET_NAME, digest=outputs.manifest_sha256[:16]
+        )._to_mlflow_entity()
+    client.log_inputs(run_id, [DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])])
+
+
+def _log_artifacts(client: Any, run_id: str, outputs: TrainingOutputs) -> None:
+    import tempfile
+
+    client.log_artifacts(run_id, str(outputs.eval_dir), "evaluation")
+    with tempfile.TemporaryDirectory(prefix="mlflow-run-") as tmp:
+        staged = Path(tmp) / "model"
+        staged.mkdir()
+        for name in MODEL_FILES:
+            if (outputs.model_dir / name).is_file():
+                (staged / name).symlink_to((outputs.model_dir / name).resolve())
+        client.log_artifacts(run_id, str(staged), "model")
+    for name in ("labels.json", "config.yaml"):
+        if (outputs.model_dir / name).is_file():
+            client.log_artifact(run_id, str(outputs.model_dir / name))
+
+
+def ensure_experiment(client: Any, name: str, artifact_uri: str = "") -> str:
+    """The id of experiment `name`, created (with `artifact_uri`/`name` as its artifact root) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    location = storage.join(artifact_uri, metric_name(name).replace(" ", "_")) if artifact_uri else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as err:
+        if not is_already_exists(err):  # another registration created it a moment ago
+            raise
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def find_run(client: Any, experiment_id: str, pipeline_run_id: str) -> tuple[Any | None, list[Any]]:
+    """(the finished run of `pipeline_run_id` or None, its unfinished leftovers)."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.{TAG_PIPELINE_RUN} = '{pipeline_run_id}'", max_results=50
+    )
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    leftovers = [r for r in runs if r.info.status != "FINISHED"]
+    return (finished[0] if finished else None), leftovers
+
+
+def logged_model_of(client: Any, run: Any) -> str | None:
+    """The id of the (last) READY model logged by `run`, if any."""
+    from mlflow.exceptions import MlflowException
+
+    outputs = getattr(run, "outputs", None)
+    model_ids = [o.model_id for o in (outputs.model_outputs if outputs else [])]
+    for model_id in reversed(model_ids):
+        try:
+            model = client.get_logged_model(model_id)
+        except MlflowException as err:
+            if is_not_found(err):  # deleted after a failed attempt
+                continue
+            raise
+        if str(model.status).rsplit(".", 1)[-1] == "READY":
+            return model_id
+    return None
+
+
+def log_training_run(
+    client: Any,
+    experiment_id: str,
+    outputs: TrainingOutputs,
+    pipeline_run_id: str,
+    commit: str,
+    photos: Sequence[bytes | str | Path] = (),
+) -> TrackedRun:
+    """Log one pipeline run's training and evaluation as an MLflow run (or return the one logged before).
+
+    A finished run with the same `pipeline_run_id` tag is reused as it is; unfinished ones left by a
+    crashed attempt are deleted. If anything fails while logging, the new run is deleted too.
+    """
+    from mlflow.entities import Param
+
+    existing, leftovers = find_run(client, experiment_id, pipeline_run_id)
+    for run in leftovers:
+        log.warning("deleting MLflow run %s left unfinished by an earlier attempt", run.info.run_id)
+        client.delete_run(run.info.run_id)
+    if existing is not None:
+        log.info("pipeline run %s was logged before as MLflow run %s", pipeline_run_id, existing.info.run_id)
+        return TrackedRun(existing.info.run_id, experiment_id, logged_model_of(client, existing), created=False)
+
+    run = client.create_run(experiment_id, tags=run_tags(outputs, pipeline_run_id, commit))
+    run_id = run.info.run_id
+    try:
+        client.log_batch(
+            run_id,
+            metrics=_history_metrics(outputs, run.info.start_time),
+            params=[Param(k, v[:6000]) for k, v in flatten(outputs.config).items()],
+        )
+        _log_dataset(client, run_id, outputs)
+        _log_artifacts(client, run_id, outputs)
+        model_id = None
+        if outputs.export_dir is not None:
+            model = model_package.log_serving_model(
+                client, experiment_id, run_id, outputs.export_dir, photos, tags={TAG_PIPELINE_RUN: pipeline_run_id}
+            )
+            model_id = model.model_id
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        _delete_run_quietly(client, run_id)
+        raise
+    log.info("logged pipeline run %s as MLflow run %s", pipeline_run_id, run_id)
+    return TrackedRun(run_id, experiment_id, model_id, created=True)
+
+
+def _delete_run_quietly(client: Any, run_id: str) -> None:
+    try:
+        client.set_terminated(run_id, "FAILED")
+        client.delete_run(run_id)
+    except Exception as err:  # cleanup after a failure must not hide the original error
+        log.warning("could not delete the unfinished MLflow run %s: %s", run_id, err)
+
+
+def track_training_run(
+    tracking_uri: str,
+    experiment: str,
+    model_dir: str | Path,
+    eval_dir: str | Path,
+    export_dir: str | Path | None,
+    config: Config,
+    pipeline_run_id: str,
+    *,
+    artifact_uri: str = "",
+    manifest_uri: str | None = None,
+    commit: str | None = None,
+    photos: Sequence[bytes | str | Path] = (),
+) -> TrackedRun:
+    """Record a training run in MLflow: the step function behind every pipeline run's MLflow page.
+
+    Args:
+        tracking_uri: the MLflow store (`sqlite:///...`, `http://host:port`).
+        experiment: experiment name (created on first use with `artifact_uri` as its artifact root).
+        model_dir: the trainer's folder.
+        eval_dir: the evaluator's folder.
+        export_dir: the TF Serving SavedModel to log as the run's model (None: none).
+        config: the resolved config (used when the model folder holds no `config.yaml`).
+        pipeline_run_id: the pipeline run; logging the same id twice returns the first run.
+        artifact_uri: artifact root for a new experiment (folder or `gs://`); empty: the server's.
+        manifest_uri: the ingest `manifest.csv` (or its folder), logged as the run's dataset.
+        commit: the code version; default: the git commit of this checkout.
+        photos: encoded photos for the model's input example.
+
+    Returns:
+        The TrackedRun.
+
+    Raises:
+        StepError: an input is missing, or the backend cannot be reached or fails (nothing is left
+            half-written).
+    """
+    check_pipeline_run_id(pipeline_run_id)
+    outputs = read_training_outputs(model_dir, eval_dir, export_dir, config, manifest_uri)
+    client = make_client(tracking_uri)
+    with backend_errors(tracking_uri, f"log pipeline run {pipeline_run_id}"):
+        experiment_id = ensure_experiment(client, experiment, artifact_uri)
+        return log_training_run(client, experiment_id, outputs, pipeline_run_id, commit or git_commit(), photos)
