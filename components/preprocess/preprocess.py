@@ -95,9 +95,12 @@ def build_stats(
     schema: LabelSchema,
     config: Config,
     manifest_uri: str,
-    rejects_uri: str,
 ) -> dict[str, Any]:
-    """The content of `stats.json` (see docs/ARTIFACTS.md) from the pipeline's side outputs."""
+    """The content of `stats.json` (see docs/ARTIFACTS.md) from the pipeline's side outputs.
+
+    Paths inside are relative to the output folder (the folder may be copied or moved), except
+    `manifest`, the input it was made from.
+    """
     pre = config.preprocess
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
     for shard in shards:
@@ -122,7 +125,7 @@ def build_stats(
         "labels": schema.to_dict(),
         "rejects": {
             "count": len(rejects),
-            "path": rejects_uri,
+            "path": features.REJECTS_FILE,
             "fraction": len(rejects) / manifest_rows if manifest_rows else 0.0,
             "max_fraction": pre.max_reject_fraction,
             "by_stage": dict(sorted(Counter(r["stage"] for r in rejects).items())),
@@ -152,7 +155,6 @@ class _WriteReportsFn(beam.DoFn):
             LabelSchema.from_dict(self._schema),
             self._config,
             self._manifest_uri,
-            rejects_uri,
         )
         with FileSystems.create(FileSystems.join(self._out_dir, features.STATS_FILE), "application/json") as fh:
             fh.write(json.dumps(stats, indent=2).encode("utf-8"))
@@ -253,7 +255,7 @@ def resize_images(
     result = PreprocessResult(
         out_dir=out_dir,
         stats_path=stats_uri,
-        rejects_path=stats["rejects"]["path"],
+        rejects_path=storage.join(out_dir, stats["rejects"]["path"]),
         manifest_rows=stats["manifest_rows"],
         records=stats["records"],
         rejected=stats["rejects"]["count"],
