@@ -94,6 +94,7 @@ def build_pipeline(config: Config):
                 model_name=model_name,
                 mlflow_tracking_uri=mlflow_tracking_uri,
                 pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                manifest=ingest.outputs["manifest"],
                 model=train.outputs["model"],
                 evaluation=evaluate.outputs["evaluation"],
             )

@@ -103,13 +103,18 @@ class RunResult:
 
 def local_config(config: Config, workdir: str | Path) -> Config:
     """Fill the settings a local run keeps under `workdir` (MLflow store, model base path) when unset."""
+    from components.register.backend import embedded_backend
+
     root = Path(workdir).resolve()
     registry = config.registry
     if not registry.tracking_uri:
+        # The steps run in their own folders, so the embedded store is pinned to the work directory.
+        embedded = embedded_backend(root)
+        (root / "mlflow").mkdir(parents=True, exist_ok=True)
         registry = dataclasses.replace(
             registry,
-            tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
-            artifact_uri=registry.artifact_uri or str(root / "mlflow" / "artifacts"),
+            tracking_uri=embedded.tracking_uri,
+            artifact_uri=registry.artifact_uri or embedded.artifact_uri,
         )
     serving = config.serving
     if not serving.model_base_path:

@@ -166,9 +166,9 @@ def _plain(meta: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def describe_registration(result: Any, saved_model_dir: str | Path) -> dict[str, Any]:
-    """Registered model name, version, MLflow run and alias of a register step."""
-    return {"framework": "tensorflow-saved-model", **_plain(_as_dict(result))}
+def describe_registration(result: Any) -> dict[str, Any]:
+    """Registered model name, version, MLflow run and alias of a register step (its `RegistrationResult`)."""
+    return {"framework": "tensorflow", "format": "saved_model", **_plain(_as_dict(result))}
 
 
 def describe_deployment(result: Any, deployment_dir: str | Path) -> dict[str, Any]:

@@ -82,18 +82,21 @@ def register_model(
     model_name: str,
     mlflow_tracking_uri: str,
     pipeline_run_id: str,
+    manifest: Input[Dataset],
     model: Input[Model],
     evaluation: Input[Artifact],
     saved_model: Output[Model],
 ):
-    """Export the SavedModel and register it in MLflow as the `challenger`."""
+    """Export the SavedModel, track the run in MLflow and register the version as the `challenger`."""
     from components import register
     from pipeline.metadata import describe_registration
     from pipeline.params import step_config
 
     config = step_config(preset, overrides, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri)
-    result = register.register_model(model.path, evaluation.path, saved_model.path, config, pipeline_run_id)
-    saved_model.metadata.update(describe_registration(result, saved_model.path))
+    result = register.register_model(
+        model.path, evaluation.path, saved_model.path, config, pipeline_run_id, manifest_uri=manifest.path
+    )
+    saved_model.metadata.update(describe_registration(result))
 
 
 def deploy_model(
