@@ -1,0 +1,199 @@
+"""A gRPC client for the serving endpoint (local server or TF Serving): photos in, labels and scores out.
+
+It uses only tensorflow-serving-api messages, sets the signature name, a deadline on every call
+and message size limits large enough for real photos, and needs no vocabulary: the labels come
+back from the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from components.common.labels import ATTRIBUTE_SEPARATOR
+from serving import signature as sig
+
+
+@dataclass(frozen=True)
+class PredictOutputs:
+    """A Predict answer: the version that answered and its output arrays."""
+
+    model_name: str
+    version: int
+    outputs: dict[str, np.ndarray]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def format_predictions(outputs: dict[str, np.ndarray], attribute_threshold: float = 0.5) -> list[dict]:
+    """Per photo: category and sub-category, attributes above the threshold, best value per group.
+
+    Every label comes with its score; groups are the attribute columns (colour, season, ...).
+    """
+    results = []
+    for i in range(len(outputs[sig.CATEGORY])):
+        names = [_text(n) for n in outputs[sig.ATTRIBUTE_NAMES][i]]
+        scores = [float(s) for s in outputs[sig.ATTRIBUTE_SCORES][i]]
+        groups: dict[str, dict] = {}
+        for name, score in zip(names, scores, strict=True):
+            group, _, value = name.partition(ATTRIBUTE_SEPARATOR)
+            if group not in groups:
+                groups[group] = {"value": value, "score": round(score, 6)}
+        results.append(
+            {
+                "category": _text(outputs[sig.CATEGORY][i]),
+                "category_score": round(float(outputs[sig.CATEGORY_SCORE][i]), 6),
+                "subcategory": _text(outputs[sig.SUBCATEGORY][i]),
+                "subcategory_score": round(float(outputs[sig.SUBCATEGORY_SCORE][i]), 6),
+                "attributes": [
+                    {"name": n, "score": round(s, 6)}
+                    for n, s in zip(names, scores, strict=True)
+                    if s >= attribute_threshold
+                ],
+                "attribute_groups": groups,
+            }
+        )
+    return results
+
+
+class PredictionClient:
+    """Predict, status and metadata calls against one model.
+
+    Args:
+        target: `host:port` of the gRPC endpoint.
+        model_name: the served model's name.
+        version: ask for this version number (exclusive with `label`).
+        label: ask for the version behind this label, e.g. `stable`.
+        signature_name: the signature to run.
+        timeout_s: deadline of every call.
+        max_message_bytes: send and receive limit of the channel.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        model_name: str = "fashion",
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str = sig.SIGNATURE_NAME,
+        timeout_s: float = 30.0,
+        max_message_bytes: int = sig.DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+        if version is not None and label:
+            raise ValueError("give a version or a label, not both")
+        self.target = target
+        self.model_name = model_name
+        self.version = version
+        self.label = label
+        self.signature_name = signature_name
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def model_spec(self, with_signature: bool = True) -> Any:
+        """The ModelSpec every call sends."""
+        from tensorflow_serving.apis import model_pb2
+
+        spec = model_pb2.ModelSpec(name=self.model_name)
+        if with_signature:
+            spec.signature_name = self.signature_name
+        if self.version is not None:
+            spec.version.value = int(self.version)
+        elif self.label:
+            spec.version_label = self.label
+        return spec
+
+    def predict_raw(self, photos: Sequence[bytes]) -> PredictOutputs:
+        """One Predict call with a batch of encoded photos; raises grpc.RpcError on failure."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest(model_spec=self.model_spec())
+        request.inputs[sig.INPUT_KEY].CopyFrom(tf.make_tensor_proto(list(photos), dtype=tf.string))
+        response = self.predictions.Predict(request, timeout=self.timeout_s)
+        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return PredictOutputs(response.model_spec.name, int(response.model_spec.version.value), outputs)
+
+    def predict(self, photos: Sequence[bytes], attribute_threshold: float = 0.5) -> list[dict]:
+        """Labels and scores per photo (see `format_predictions`), with the answering version."""
+        answer = self.predict_raw(photos)
+        results = format_predictions(answer.outputs, attribute_threshold)
+        for r in results:
+            r["model_version"] = answer.version
+        return results
+
+    def predict_files(self, paths: Iterable[str | Path], attribute_threshold: float = 0.5) -> list[dict]:
+        """One result per file; a file that cannot be read or predicted gets an `error` entry."""
+        results = []
+        for path in paths:
+            try:
+                data = Path(path).read_bytes()
+                result = self.predict([data], attribute_threshold)[0]
+            except OSError as err:
+                result = {"error": f"cannot read: {err.strerror or err}"}
+            except grpc.RpcError as err:
+                result = {"error": f"{err.code().name}: {err.details()}"}
+            results.append({"image": str(path), **result})
+        return results
+
+    def status(self) -> list[tuple[int, str]]:
+        """(version, state name) of the model's versions, newest first."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec(with_signature=False))
+        response = self.models.GetModelStatus(request, timeout=self.timeout_s)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return [(int(s.version), states.Name(s.state)) for s in response.model_version_status]
+
+    def version_errors(self) -> dict[int, str]:
+        """Load errors reported per version (empty when none failed)."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec(with_signature=False))
+        response = self.models.GetModelStatus(request, timeout=self.timeout_s)
+        return {int(s.version): s.status.error_message for s in response.model_version_status if s.status.error_code}
+
+    def metadata(self) -> Any:
+        """The SignatureDefMap of the version the spec resolves to."""
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=self.model_spec(with_signature=False), metadata_field=["signature_def"]
+        )
+        response = self.predictions.GetModelMetadata(request, timeout=self.timeout_s)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sig_map)
+        return sig_map
+
+    def reload_config(self, config: Any) -> None:
+        """Send a whole ModelServerConfig (HandleReloadConfigRequest); raises grpc.RpcError on refusal."""
+        from tensorflow_serving.apis import model_management_pb2
+
+        request = model_management_pb2.ReloadConfigRequest(config=config)
+        self.models.HandleReloadConfigRequest(request, timeout=self.timeout_s)
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def __enter__(self) -> PredictionClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

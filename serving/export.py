@@ -1,0 +1,292 @@
+"""Export a trained model folder as a TF Serving SavedModel: decode, resize, predict, name the outputs.
+
+The exported `serving_default` signature takes a batch of encoded photos (`image_bytes`: JPEG or
+PNG, any size, RGB, greyscale or with alpha) and does inside the graph what the Beam step did
+before training: decode to RGB, fit to the stored size with the same pad/stretch policy, then
+runs the Keras model and turns its scores into named outputs with the label strings built in.
+Clients need no vocabulary file and no preprocessing code of their own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common import storage
+from components.common.config import Config, config_from_dict
+from components.common.errors import StepError
+from components.common.labels import LabelSchema
+from serving import signature as sig
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.yaml"
+LABELS_FILE = "labels.json"
+EXPORT_INFO_FILE = "assets.extra/export_info.json"
+
+
+def load_keras_model(model_dir: str | Path) -> Any:
+    """Load `model.keras` from a trained model folder (custom layers registered first)."""
+    import keras
+
+    # Registers the trainer's custom layers with Keras before deserialising.
+    import components.train.model  # noqa: F401
+
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        raise StepError(f"{path} not found: point at the output folder of `fashion train`")
+    return keras.saving.load_model(path, compile=False)
+
+
+def model_image_size(model: Any) -> tuple[int, int]:
+    """(height, width) of the model's `image` input."""
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] != 3:
+        raise StepError(f"model input has shape {tuple(shape)}; expected (batch, height, width, 3)")
+    return int(shape[1]), int(shape[2])
+
+
+def fit_image(image: Any, height: int, width: int, resize_mode: str, pad_color: Sequence[int]) -> Any:
+    """Fit one decoded uint8 HxWx3 image to (height, width) as the Beam step does.
+
+    `pad` scales the photo to fit inside the target keeping its aspect ratio and centres it on a
+    `pad_color` canvas; `stretch` resizes to the target ignoring the aspect ratio. A photo that
+    already has the stored size passes through untouched, so serving sees exactly what training saw.
+    """
+    import tensorflow as tf
+
+    target_h, target_w = float(height), float(width)
+    color = tf.constant([float(c) for c in pad_color], tf.float32)
+
+    def _resize() -> Any:
+        pixels = tf.cast(image, tf.float32)
+        if resize_mode == "stretch":
+            out = tf.image.resize(pixels, [height, width], method="bilinear", antialias=True)
+        else:
+            shape = tf.cast(tf.shape(image)[:2], tf.float32)
+            scale = tf.minimum(target_h / shape[0], target_w / shape[1])
+            new_h = tf.clip_by_value(tf.cast(tf.round(shape[0] * scale), tf.int32), 1, height)
+            new_w = tf.clip_by_value(tf.cast(tf.round(shape[1] * scale), tf.int32), 1, width)
+            resized = tf.image.resize(pixels, tf.stack([new_h, new_w]), method="bilinear", antialias=True)
+            top = (height - new_h) // 2
+            left = (width - new_w) // 2
+            paddings = tf.stack([[top, height - new_h - top], [left, width - new_w - left], [0, 0]])
+            out = tf.pad(resized - color, paddings) + color
+        out = tf.reshape(out, [height, width, 3])
+        return tf.cast(tf.round(tf.clip_by_value(out, 0.0, 255.0)), tf.uint8)
+
+    same = tf.logical_and(tf.equal(tf.shape(image)[0], height), tf.equal(tf.shape(image)[1], width))
+    return tf.cond(same, lambda: tf.reshape(image, [height, width, 3]), _resize)
+
+
+def build_serving_module(model: Any, schema: LabelSchema, resize_mode: str, pad_color: Sequence[int]) -> Any:
+    """A `tf.Module` whose `serve` function is the `serving_default` signature.
+
+    Args:
+        model: the trained Keras model (input `image`, outputs `category`, `subcategory`, `attributes`).
+        schema: the label schema the model was trained with; its vocabularies go into the graph.
+        resize_mode: `pad` or `stretch` (config.preprocess.resize_mode).
+        pad_color: RGB canvas colour for `pad` (config.preprocess.pad_color).
+    """
+    import tensorflow as tf
+
+    height, width = model_image_size(model)
+    sizes = schema.sizes
+    for level, units in sizes.items():
+        got = model.get_layer(level).output.shape[-1] if level in model.output_names else None
+        if got is not None and int(got) != units:
+            raise StepError(f"model output {level!r} has {got} units but labels.json lists {units} labels")
+
+    class ServingModule(tf.Module):
+        def __init__(self) -> None:
+            super().__init__(name="fashion_serving")
+            self.model = model
+            self.categories = tf.Variable(schema.categories, trainable=False, name="categories")
+            self.subcategories = tf.Variable(schema.subcategories, trainable=False, name="subcategories")
+            self.attributes = tf.Variable(schema.attributes, trainable=False, name="attributes")
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=sig.INPUT_KEY)])
+        def serve(self, image_bytes: Any) -> dict[str, Any]:
+            def _decode(data: Any) -> Any:
+                image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+                return fit_image(image, height, width, resize_mode, pad_color)
+
+            def _predict() -> tuple[Any, Any, Any]:
+                images = tf.map_fn(
+                    _decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8)
+                )
+                outputs = self.model(images, training=False)
+                return tuple(tf.cast(outputs[level], tf.float32) for level in ("category", "subcategory", "attributes"))
+
+            def _empty() -> tuple[Any, Any, Any]:
+                # Some kernels reject a zero-size batch; an empty request gets an empty answer.
+                return tuple(
+                    tf.zeros([0, sizes[level]], tf.float32) for level in ("category", "subcategory", "attributes")
+                )
+
+            cat_p, sub_p, attr_p = tf.cond(tf.size(image_bytes) > 0, _predict, _empty)
+            order = tf.argsort(attr_p, axis=-1, direction="DESCENDING", stable=True)
+            return {
+                sig.CATEGORY: tf.gather(self.categories, tf.argmax(cat_p, axis=-1)),
+                sig.CATEGORY_SCORE: tf.reduce_max(cat_p, axis=-1),
+                sig.SUBCATEGORY: tf.gather(self.subcategories, tf.argmax(sub_p, axis=-1)),
+                sig.SUBCATEGORY_SCORE: tf.reduce_max(sub_p, axis=-1),
+                sig.CATEGORY_PROBABILITIES: cat_p,
+                sig.SUBCATEGORY_PROBABILITIES: sub_p,
+                sig.ATTRIBUTE_PROBABILITIES: attr_p,
+                sig.ATTRIBUTE_NAMES: tf.gather(self.attributes, order),
+                sig.ATTRIBUTE_SCORES: tf.gather(attr_p, order, batch_dims=1),
+            }
+
+    return ServingModule()
+
+
+def synthetic_photos(height: int, width: int) -> list[bytes]:
+    """Encoded photos covering every decode path: RGB JPEG, greyscale JPEG, RGBA PNG, a large PNG."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    photos = []
+    for mode, size, fmt in (
+        ("RGB", (width, height), "JPEG"),
+        ("L", (width * 2, height), "JPEG"),
+        ("RGBA", (width, height * 2), "PNG"),
+        ("RGB", (width * 8, height * 8), "PNG"),
+    ):
+        channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+        pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+        image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+        buf = io.BytesIO()
+        image.save(buf, fmt)
+        photos.append(buf.getvalue())
+    return photos
+
+
+def warmup_requests(
+    photos: Sequence[bytes], model_name: str, max_batch_size: int, limit: int = sig.MAX_WARMUP_RECORDS
+) -> list[bytes]:
+    """Serialized `PredictionLog` records: each photo alone, then batches of growing size.
+
+    TF Serving replays these after loading a version and before routing traffic to it, so the
+    first real request does not pay for graph initialisation.
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    batches: list[list[bytes]] = [[p] for p in photos]
+    size = 2
+    while photos and size <= max_batch_size:
+        batches.append([photos[i % len(photos)] for i in range(size)])
+        size *= 2
+    records = []
+    for batch in batches[:limit]:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name=sig.SIGNATURE_NAME)
+        )
+        request.inputs[sig.INPUT_KEY].CopyFrom(tf.make_tensor_proto(batch, dtype=tf.string))
+        log_entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log_entry.SerializeToString())
+    return records
+
+
+def _model_folder_config(model_dir: Path, config: Config | None) -> Config:
+    if config is not None:
+        return config
+    path = model_dir / CONFIG_FILE
+    if path.is_file():
+        return config_from_dict(yaml.safe_load(path.read_text()) or {})
+    return Config()
+
+
+def export_model(
+    model_dir: str | Path,
+    export_uri: str,
+    config: Config | None = None,
+    warmup_photos: Sequence[bytes | str | Path] = (),
+    model_name: str | None = None,
+) -> str:
+    """Export a trained model folder as one SavedModel version folder.
+
+    Args:
+        model_dir: output folder of `fashion train` (`model.keras`, `labels.json`, `config.yaml`).
+        export_uri: the version folder to create, e.g. `<model_base_path>/3` (local or `gs://`).
+            It must not exist yet.
+        config: the resolved config; defaults to the `config.yaml` stored in `model_dir`.
+        warmup_photos: encoded photos or paths to put in the warmup file (synthetic photos covering
+            every decode path are always added).
+        model_name: model name written into the warmup requests (default config.serving.model_name).
+
+    Returns:
+        `export_uri`.
+
+    Raises:
+        StepError: the model folder is incomplete, or `export_uri` already exists.
+    """
+    import tensorflow as tf
+
+    model_dir = Path(model_dir)
+    cfg = _model_folder_config(model_dir, config)
+    labels_path = model_dir / LABELS_FILE
+    if not labels_path.is_file():
+        raise StepError(f"{labels_path} not found: the model folder must hold the label schema")
+    if storage.exists(export_uri):
+        raise StepError(f"{export_uri} already exists: versions are immutable, export to a new version number")
+    schema = LabelSchema.load(labels_path)
+    model = load_keras_model(model_dir)
+    height, width = model_image_size(model)
+    module = build_serving_module(model, schema, cfg.preprocess.resize_mode, cfg.preprocess.pad_color)
+    photos = [p if isinstance(p, bytes) else Path(p).read_bytes() for p in warmup_photos]
+    photos += synthetic_photos(height, width)
+
+    with tempfile.TemporaryDirectory(prefix="export-") as tmp:
+        local = Path(tmp) / "version"
+        tf.saved_model.save(module, str(local), signatures={sig.SIGNATURE_NAME: module.serve.get_concrete_function()})
+        warmup_path = local / sig.WARMUP_FILE
+        warmup_path.parent.mkdir(parents=True, exist_ok=True)
+        with tf.io.TFRecordWriter(str(warmup_path)) as writer:
+            for record in warmup_requests(photos, model_name or cfg.serving.model_name, cfg.serving.max_batch_size):
+                writer.write(record)
+        info = {
+            "image_height": height,
+            "image_width": width,
+            "resize_mode": cfg.preprocess.resize_mode,
+            "pad_color": list(cfg.preprocess.pad_color),
+            "labels": schema.sizes,
+        }
+        (local / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
+        publish_version_dir(local, export_uri)
+    log.info("exported %s -> %s (%dx%d, %s)", model_dir, export_uri, height, width, cfg.preprocess.resize_mode)
+    return export_uri
+
+
+def publish_version_dir(local_dir: str | Path, version_uri: str) -> None:
+    """Copy a finished SavedModel folder into place so a polling server never sees half of it.
+
+    Locally the folder is copied under a hidden name and renamed (atomic on one filesystem). On
+    `gs://` there is no rename: files are uploaded with `saved_model.pb` last, and servers only
+    consider a version once that file exists.
+    """
+    local_dir = Path(local_dir)
+    if storage.is_gcs(version_uri):
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == "saved_model.pb")
+        for path in files:
+            storage.write_bytes(storage.join(version_uri, str(path.relative_to(local_dir))), path.read_bytes())
+        return
+    target = Path(version_uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".tmp-{target.name}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(local_dir, staging)
+    staging.rename(target)

@@ -1,0 +1,1 @@
+"""A model server that speaks TensorFlow Serving's public API: gRPC, REST, models.config, batching."""

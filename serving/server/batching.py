@@ -1,0 +1,156 @@
+"""Server-side batching with TF Serving's semantics: merge concurrent requests, bounded queue.
+
+Each task (one request's inputs) joins the open batch; a batch is closed when it reaches
+`max_batch_size` or its oldest task has waited `batch_timeout_micros`, and batch threads run the
+closed batches. At most `max_enqueued_batches` batches wait; a task that would need another one
+is refused at once with UNAVAILABLE, so a burst cannot grow memory or latency without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+
+import grpc
+import numpy as np
+
+from serving.server.config import BatchingParameters
+from serving.server.errors import ServingError, invalid_argument, unavailable
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+def task_size(inputs: Mapping[str, np.ndarray]) -> int:
+    """The batch size of one request: the shared 0th dimension of all its inputs."""
+    sizes = set()
+    for array in inputs.values():
+        if array.ndim == 0:
+            raise invalid_argument("Batching Run() input tensors must have at least one dimension")
+        sizes.add(int(array.shape[0]))
+    if len(sizes) != 1:
+        raise invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
+    return sizes.pop()
+
+
+class _Task:
+    __slots__ = ("inputs", "size", "future", "enqueued")
+
+    def __init__(self, inputs: Mapping[str, np.ndarray], size: int):
+        self.inputs = inputs
+        self.size = size
+        self.future: Future = Future()
+        self.enqueued = time.monotonic()
+
+
+class _Batch:
+    __slots__ = ("tasks", "size", "opened")
+
+    def __init__(self) -> None:
+        self.tasks: list[_Task] = []
+        self.size = 0
+        self.opened = time.monotonic()
+
+
+class BatchScheduler:
+    """Batches tasks for one servable signature and runs them on `params.threads` threads."""
+
+    def __init__(self, run: RunFn, params: BatchingParameters, name: str = "batch"):
+        self._run = run
+        self._params = params
+        self._max = params.max_batch_size
+        self._timeout = params.batch_timeout_micros / 1e6
+        self._cond = threading.Condition()
+        self._closed: deque[_Batch] = deque()
+        self._open: _Batch | None = None
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True) for i in range(params.threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def schedule(self, inputs: Mapping[str, np.ndarray]) -> Future:
+        """Queue one request's inputs; the future resolves to its outputs or a ServingError."""
+        size = task_size(inputs)
+        if size > self._max:
+            raise invalid_argument(f"Task size {size} is larger than maximum input batch size {self._max}")
+        task = _Task(inputs, size)
+        with self._cond:
+            if self._stopping:
+                raise unavailable("The batch scheduler is shutting down")
+            if self._open is None or self._open.size + size > self._max:
+                if len(self._closed) + (self._open is not None) >= self._params.max_enqueued_batches:
+                    raise unavailable("The batch scheduling queue to which this task was submitted is full")
+                if self._open is not None:
+                    self._closed.append(self._open)
+                self._open = _Batch()
+            self._open.tasks.append(task)
+            self._open.size += size
+            if self._open.size >= self._max:
+                self._closed.append(self._open)
+                self._open = None
+            self._cond.notify()
+        return task.future
+
+    def _next_batch(self) -> _Batch | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return self._closed.popleft()
+                if self._open is not None:
+                    wait = self._open.opened + self._timeout - time.monotonic()
+                    if wait <= 0 or self._stopping:
+                        batch, self._open = self._open, None
+                        return batch
+                    self._cond.wait(wait)
+                    continue
+                if self._stopping:
+                    return None
+                self._cond.wait()
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._process(batch)
+
+    def _process(self, batch: _Batch) -> None:
+        tasks = batch.tasks
+        try:
+            if len(tasks) == 1:
+                merged = tasks[0].inputs
+            else:
+                merged = {k: np.concatenate([t.inputs[k] for t in tasks], axis=0) for k in tasks[0].inputs}
+            outputs = self._run(merged)
+        except ServingError as err:
+            if len(tasks) > 1 and err.code == grpc.StatusCode.INVALID_ARGUMENT:
+                # One request's bad input (a corrupt photo) must not fail the others it was batched with.
+                for t in tasks:
+                    single = _Batch()
+                    single.tasks, single.size = [t], t.size
+                    self._process(single)
+                return
+            for t in tasks:
+                t.future.set_exception(err)
+            return
+        except Exception as err:  # noqa: BLE001 - every waiting request must get an answer
+            log.exception("batch of %d failed", batch.size)
+            for t in tasks:
+                t.future.set_exception(err)
+            return
+        start = 0
+        for t in tasks:
+            t.future.set_result({k: v[start : start + t.size] for k, v in outputs.items()})
+            start += t.size
+
+    def stop(self) -> None:
+        """Run what is queued, then stop the threads."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=60)

@@ -1,0 +1,178 @@
+"""The model server process: options named after tensorflow_model_server's flags, gRPC + REST + polling."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from components.common.config import ServingConfig
+from components.common.errors import StepError
+from serving import signature as sig
+from serving.server import config as server_config
+from serving.server.grpc_service import ModelService, PredictionService
+from serving.server.manager import ManagerOptions, ModelManager
+from serving.server.rest import RestApi, RestServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What `fashion serve` accepts; names and defaults follow tensorflow_model_server's flags."""
+
+    port: int = 8500
+    rest_api_port: int = 8501
+    host: str = "0.0.0.0"
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: float = 0.0
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    file_system_poll_wait_seconds: float = 1.0
+    enable_model_warmup: bool = True
+    allow_version_labels_for_unavailable_models: bool = False
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    grpc_max_threads: int = 64
+    grpc_channel_arguments: str = ""
+    max_message_bytes: int = sig.DEFAULT_MAX_MESSAGE_BYTES
+    rest_api_timeout_in_ms: int = 30_000
+    tensorflow_intra_op_parallelism: int = 0
+    tensorflow_inter_op_parallelism: int = 0
+
+
+def channel_arguments(text: str) -> list[tuple[str, Any]]:
+    """`--grpc_channel_arguments=k=v,k2=v2` as gRPC options (integers where they parse)."""
+    options: list[tuple[str, Any]] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise StepError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        options.append((key.strip(), int(value) if value.strip().lstrip("-").isdigit() else value.strip()))
+    return options
+
+
+def batching_from(
+    options: ServerOptions, serving: ServingConfig | None = None
+) -> server_config.BatchingParameters | None:
+    """The batching parameters in effect: the file when given, else the project's serving config."""
+    if not options.enable_batching:
+        return None
+    if options.batching_parameters_file:
+        return server_config.read_batching_parameters(options.batching_parameters_file)
+    return server_config.parse_batching_parameters(server_config.render_batching_parameters(serving or ServingConfig()))
+
+
+class ModelServer:
+    """Manager + gRPC server + REST server; `start()` returns once initial models are loaded."""
+
+    def __init__(self, options: ServerOptions, serving: ServingConfig | None = None):
+        self.options = options
+        if bool(options.model_config_file) == bool(options.model_base_path):
+            raise StepError("give exactly one of --model_config_file and --model_base_path")
+        if options.model_config_file:
+            self._config_text = server_config.storage.read_bytes(options.model_config_file).decode()
+            config = server_config.parse_model_server_config(self._config_text, options.model_config_file)
+        else:
+            self._config_text = ""
+            config = server_config.single_model_config(options.model_name, options.model_base_path)
+        self.manager = ModelManager(
+            config,
+            ManagerOptions(
+                batching=batching_from(options, serving),
+                enable_model_warmup=options.enable_model_warmup,
+                allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
+                file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
+                max_num_load_retries=options.max_num_load_retries,
+                load_retry_interval_micros=options.load_retry_interval_micros,
+            ),
+        )
+        self.grpc_port = 0
+        self.rest_port = 0
+        self._grpc: grpc.Server | None = None
+        self._rest: RestServer | None = None
+        self._stop = threading.Event()
+        self._config_poller: threading.Thread | None = None
+
+    def start(self) -> ModelServer:
+        """Load initial versions, then open the gRPC and REST ports."""
+        import tensorflow as tf
+
+        if self.options.tensorflow_intra_op_parallelism:
+            tf.config.threading.set_intra_op_parallelism_threads(self.options.tensorflow_intra_op_parallelism)
+        if self.options.tensorflow_inter_op_parallelism:
+            tf.config.threading.set_inter_op_parallelism_threads(self.options.tensorflow_inter_op_parallelism)
+        self.manager.start()
+        grpc_options = [
+            ("grpc.max_receive_message_length", self.options.max_message_bytes),
+            ("grpc.max_send_message_length", self.options.max_message_bytes),
+            *channel_arguments(self.options.grpc_channel_arguments),
+        ]
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.options.grpc_max_threads, thread_name_prefix="grpc"),
+            options=grpc_options,
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
+        self.grpc_port = self._grpc.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        if not self.grpc_port:
+            raise StepError(f"cannot bind gRPC port {self.options.host}:{self.options.port}")
+        self._grpc.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.grpc_port)
+        if self.options.rest_api_port:
+            api = RestApi(self.manager, self.options.max_message_bytes, self.options.rest_api_timeout_in_ms / 1000)
+            self._rest = RestServer(api, self.options.host, self.options.rest_api_port)
+            self._rest.start()
+            self.rest_port = self._rest.port
+            log.info("Exporting HTTP/REST API at:%s:%d ...", self.options.host, self.rest_port)
+        if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
+            self._config_poller = threading.Thread(target=self._poll_config, name="config-poller", daemon=True)
+            self._config_poller.start()
+        return self
+
+    def _poll_config(self) -> None:
+        from serving.server.errors import ServingError
+
+        while not self._stop.wait(self.options.model_config_file_poll_wait_seconds):
+            try:
+                text = server_config.storage.read_bytes(self.options.model_config_file).decode()
+                if text == self._config_text:
+                    continue
+                config = server_config.parse_model_server_config(text, self.options.model_config_file)
+                self.manager.reload_config(config)
+                self._config_text = text
+                log.info("reloaded %s", self.options.model_config_file)
+            except (StepError, ServingError, server_config.storage.StorageError, UnicodeDecodeError) as err:
+                log.error("config file %s not applied: %s", self.options.model_config_file, err)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting requests, let in-flight ones finish, unload every model."""
+        self._stop.set()
+        if self._rest:
+            self._rest.stop()
+        if self._grpc:
+            self._grpc.stop(grace_s).wait()
+        self.manager.stop()
+
+    def wait(self) -> None:
+        """Block until SIGTERM/SIGINT, then stop."""
+        done = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: done.set())
+        done.wait()
+        self.stop()
+
+
+def run_server(options: ServerOptions, serving: ServingConfig | None = None) -> int:
+    """Start a server and serve until terminated."""
+    server = ModelServer(options, serving).start()
+    server.wait()
+    return 0
