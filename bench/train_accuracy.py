@@ -80,7 +80,9 @@ def main() -> None:
     print({s: len(d["ids"]) for s, d in splits.items()}, schema.sizes, flush=True)
     stats = stats_from_arrays(splits, schema)
     results = {head: run_one(head, splits, schema, config, stats) for head in args.heads}
-    summary = {h: {k: v for k, v in r.items() if k.startswith("test_") or k == "train_seconds"} for h, r in results.items()}
+    summary = {
+        h: {k: v for k, v in r.items() if k.startswith("test_") or k == "train_seconds"} for h, r in results.items()
+    }
     if "unified" in results and "independent" in results:
         summary["ratio"] = round(
             results["unified"]["test_subcategory_accuracy"] / results["independent"]["test_subcategory_accuracy"], 4

@@ -59,8 +59,10 @@ def load_arrays(zip_path: str, config: Config, cache: str | None = None) -> tupl
         rows = [r for r in rows if r["id"] in names and r.get(lc.category) and r.get(lc.subcategory)]
         rows = _drop_rare(rows, (lc.category, lc.subcategory), lc.min_class_count)
         schema = build_schema(rows, lc.category, lc.subcategory, lc.attributes, min_attribute_count=lc.min_class_count)
-        out: dict[str, dict[str, list]] = {s: {k: [] for k in ("images", "ids", "category", "subcategory", "attributes")}
-                                          for s in ("train", "validation", "test")}
+        out: dict[str, dict[str, list]] = {
+            s: {k: [] for k in ("images", "ids", "category", "subcategory", "attributes")}
+            for s in ("train", "validation", "test")
+        }
         for r in rows:
             split = assign_split(r["id"], r[lc.subcategory], lc.train_fraction, lc.validation_fraction, lc.split_salt)
             cat, sub, attrs = schema.encode(r)

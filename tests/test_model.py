@@ -78,7 +78,9 @@ def test_outputs_stay_float32_under_mixed_precision():
 def test_saved_model_file_round_trips(tmp_path):
     from components.train.predict import load_model
 
-    model = build_model(dataclasses.replace(CI_MODEL, backbone="resnet50", input_height=32, input_width=32), SIZES, (80, 60))
+    model = build_model(
+        dataclasses.replace(CI_MODEL, backbone="resnet50", input_height=32, input_width=32), SIZES, (80, 60)
+    )
     model.save(tmp_path / "model.keras")
     loaded = load_model(tmp_path)
     photos = _photos(2)
@@ -99,7 +101,9 @@ def test_backbone_weights_from_a_file(tmp_path):
 
 
 def test_unusable_weights_file_is_a_clear_error(tmp_path):
-    cfg = dataclasses.replace(CI_MODEL, backbone="resnet50", input_height=32, input_width=32, weights=str(tmp_path / "no.h5"))
+    cfg = dataclasses.replace(
+        CI_MODEL, backbone="resnet50", input_height=32, input_width=32, weights=str(tmp_path / "no.h5")
+    )
     with pytest.raises(StepError, match="weights"):
         build_model(cfg, SIZES, (80, 60))
 

@@ -41,8 +41,11 @@ def test_missed_rare_attribute_costs_more_than_missed_common_one():
 
 def test_losses_from_stats_weight_rare_classes_and_soften_with_power(shards):
     stats = json.loads((shards / "stats.json").read_text())
-    sizes = {"category": len(stats["class_weights"]["category"]), "subcategory": len(stats["class_weights"]["subcategory"]),
-             "attributes": len(stats["class_weights"]["attributes"]["positive"])}
+    sizes = {
+        "category": len(stats["class_weights"]["category"]),
+        "subcategory": len(stats["class_weights"]["subcategory"]),
+        "attributes": len(stats["class_weights"]["attributes"]["positive"]),
+    }
     counts = np.array(stats["class_counts"]["subcategory"]["train"])
     rare, frequent = int(np.argmin(np.where(counts > 0, counts, 1e9))), int(np.argmax(counts))
     full = build_losses(stats, sizes, power=1.0)["subcategory"].class_weights

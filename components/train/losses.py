@@ -37,9 +37,7 @@ def soften(weights: Sequence[float], power: float, counts: Sequence[float] | Non
     return (w / mean if mean > 0 else w).astype("float32")
 
 
-def soften_binary(
-    positive: Sequence[float], negative: Sequence[float], power: float
-) -> tuple[np.ndarray, np.ndarray]:
+def soften_binary(positive: Sequence[float], negative: Sequence[float], power: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-label positive/negative weights raised to `power`, each label's expected weight 1.
 
     Inverse-frequency weights imply each label's positive rate, `neg / (pos + neg)`; scaling

@@ -87,9 +87,7 @@ def _l2(model_cfg: ModelConfig) -> Any:
 
 def _dense(model_cfg: ModelConfig, name: str) -> Any:
 
-    return keras.layers.Dense(
-        model_cfg.branch_units, activation="relu", kernel_regularizer=_l2(model_cfg), name=name
-    )
+    return keras.layers.Dense(model_cfg.branch_units, activation="relu", kernel_regularizer=_l2(model_cfg), name=name)
 
 
 def _dropout(model_cfg: ModelConfig, name: str) -> Any:
@@ -99,7 +97,6 @@ def _dropout(model_cfg: ModelConfig, name: str) -> Any:
 
 def _unified_head(model_cfg: ModelConfig, features: Any) -> dict[str, Any]:
     """Three branches and the paper's top-down and bottom-up message passing (16 Dense layers)."""
-
     d = lambda name: _dense(model_cfg, name)  # noqa: E731
     add = keras.layers.Add
     x_cat = d("x_cat")(features)
@@ -161,7 +158,6 @@ def _small_cnn(model_cfg: ModelConfig, x: Any) -> Any:
     single-pixel scale); each later stage doubles the channels and halves the resolution with
     max pooling; the last stage is pooled globally.
     """
-
     layers = keras.layers
 
     def conv(t: Any, filters: int, name: str, strides: int = 1) -> Any:
@@ -181,7 +177,6 @@ def _small_cnn(model_cfg: ModelConfig, x: Any) -> Any:
 
 def _applications_backbone(model_cfg: ModelConfig, x: Any, name: str) -> Any:
     """A keras.applications backbone, with ImageNet or file weights, average-pooled."""
-
     weights = model_cfg.weights
     file_weights = None
     if weights not in (None, "", "imagenet"):
@@ -217,7 +212,9 @@ def _load_backbone_weights(net: Any, uri: str) -> None:
     try:
         data = storage.read_bytes(uri)
     except storage.StorageError as err:
-        raise StepError(f"backbone weights {uri}: {err}; set model.weights to null, imagenet or a weights file") from err
+        raise StepError(
+            f"backbone weights {uri}: {err}; set model.weights to null, imagenet or a weights file"
+        ) from err
     suffix = ".weights.h5" if uri.endswith(".weights.h5") else Path(uri).suffix or ".h5"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, f"backbone{suffix}")
