@@ -95,6 +95,7 @@ class RunResult:
     error: str = ""
     server: ServerHandle | None = None
     prediction: dict[str, Any] | None = None
+    pipeline_root_uri: str = ""
 
     def artifact(self, step: str, name: str) -> dict[str, Any]:
         """`{"uri": ..., "metadata": {...}}` of one output artifact ({} when the step did not make it)."""
@@ -129,7 +130,6 @@ class _StepTracker(logging.Filter):
         super().__init__()
         self.steps: dict[str, StepRecord] = {name: StepRecord(name) for name in STEP_ORDER}
         self.current: str | None = None
-        self.failure = ""
         self.echo = echo
 
     def _step(self, name: str) -> StepRecord:
@@ -160,8 +160,6 @@ class _StepTracker(logging.Filter):
             for name in GATED_STEPS:
                 self._step(name).status = "skipped (gate)"
             self.echo("==> gate not passed: register and deploy skipped")
-        elif "finished with status FAILURE. Inner task failed" in text:
-            self.failure = text
         return True
 
 
@@ -406,11 +404,28 @@ def run_pipeline(
         if step.status == "failed":
             step.message = tee.error_message(step.name) or "failed (see its log above)"
     failed = [s for s in steps.values() if s.status == "failed"]
-    if failed and not error:
-        error = tracker.failure or f"step {failed[0].name} failed"
     if failed:
         error = f"step {failed[0].name} failed: {failed[0].message}"
-    return RunResult(ok=not error, run_dir=str(run_dir), seconds=seconds, steps=steps, error=error)
+    result = RunResult(ok=not error, run_dir=str(run_dir), seconds=seconds, steps=steps, error=error)
+    if storage.is_gcs(config.pipeline.pipeline_root) and runs:
+        result.pipeline_root_uri = upload_run(run_dir, config.pipeline.pipeline_root)
+    return result
+
+
+def upload_run(run_dir: str | Path, pipeline_root: str) -> str:
+    """Copy a local run's outputs to `<pipeline_root>/<run name>/`, as KFP's launcher does on a cluster.
+
+    kfp.local keeps its pipeline root on the local disk (steps write through `artifact.path`);
+    on a cluster the launcher uploads each step's outputs to the gs:// pipeline root. Mirroring
+    the finished run gives a local run the same place in the bucket.
+
+    Returns:
+        The run's URI under the pipeline root.
+    """
+    target = storage.join(pipeline_root, Path(run_dir).name)
+    count = storage.copy_tree(str(run_dir), target)
+    log.info("uploaded %d files of the run to %s", count, target)
+    return target
 
 
 @contextlib.contextmanager
@@ -498,6 +513,8 @@ def format_summary(result: RunResult) -> str:
     deployed = result.artifact("deploy-model", "deployment").get("metadata", {})
     if deployed:
         lines.append(f"Deployed: version {_number(deployed.get('version', '?'))}, alias champion")
+    if result.pipeline_root_uri:
+        lines.append(f"Pipeline root: {result.pipeline_root_uri}")
     if result.server is not None:
         s = result.server
         how = "reused" if s.reused else "started"
