@@ -34,13 +34,14 @@ class Schedule:
     experiment_id: str
 
 
-def compile_pipeline(config: Config, out_path: str | Path) -> Path:
+def compile_pipeline(config: Config, out_path: str | Path, beam_args: list[str] | None = None) -> Path:
     """Compile the pipeline for `config` into a Kubeflow Pipelines v2 YAML package.
 
     Args:
         config: the resolved configuration: images and resources are fixed in the YAML, the rest
             become the pipeline parameters' defaults.
         out_path: where to write the YAML (folders are created).
+        beam_args: default Beam flags of the preprocess step, e.g. to run it on Dataflow.
 
     Returns:
         The written path.
@@ -51,7 +52,7 @@ def compile_pipeline(config: Config, out_path: str | Path) -> Path:
 
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(pipeline_func=build_pipeline(config), package_path=str(out))
+    compiler.Compiler().compile(pipeline_func=build_pipeline(config, beam_args), package_path=str(out))
     return out
 
 
@@ -94,7 +95,7 @@ def connect(host: str, namespace: str | None = None, token: str | None = None):
 
 
 @contextmanager
-def _package(config: Config, package: str | Path | None) -> Iterator[Path]:
+def _package(config: Config, package: str | Path | None, beam_args: list[str] | None) -> Iterator[Path]:
     """The given compiled package, or a freshly compiled one in a temporary folder."""
     if package:
         path = Path(package)
@@ -103,7 +104,7 @@ def _package(config: Config, package: str | Path | None) -> Iterator[Path]:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="fashion-pipeline-") as tmp:
-        yield compile_pipeline(config, Path(tmp) / "pipeline.yaml")
+        yield compile_pipeline(config, Path(tmp) / "pipeline.yaml", beam_args)
 
 
 @contextmanager
@@ -129,6 +130,7 @@ def submit_run(
     namespace: str | None = None,
     token: str | None = None,
     service_account: str | None = None,
+    beam_args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Create one pipeline run in `experiment` (created when missing) with the config's parameters.
 
@@ -136,10 +138,10 @@ def submit_run(
         `run_id`, `experiment_id`, `name` and the run's `url` in the KFP UI.
     """
     client = connect(host, namespace, token)
-    with _package(config, package) as path, _api_errors("creating the run", host):
+    with _package(config, package, beam_args) as path, _api_errors("creating the run", host):
         result = client.create_run_from_pipeline_package(
             pipeline_file=str(path),
-            arguments=pipeline_arguments(config),
+            arguments=pipeline_arguments(config, beam_args),
             run_name=run_name or f"{config.pipeline.name} {config.preset}",
             experiment_name=experiment,
             namespace=namespace,
@@ -165,6 +167,7 @@ def schedule_run(
     namespace: str | None = None,
     token: str | None = None,
     service_account: str | None = None,
+    beam_args: list[str] | None = None,
 ) -> Schedule:
     """Create a recurring retraining run: one at a time (max concurrency 1), no catch-up of missed slots.
 
@@ -173,7 +176,7 @@ def schedule_run(
     """
     expression = kfp_cron(cron)
     client = connect(host, namespace, token)
-    with _package(config, package) as path, _api_errors("creating the recurring run", host):
+    with _package(config, package, beam_args) as path, _api_errors("creating the recurring run", host):
         created = client.create_recurring_run(
             experiment_id=client.create_experiment(name=experiment, namespace=namespace).experiment_id,
             job_name=name or f"{config.pipeline.name} retraining",
@@ -181,7 +184,7 @@ def schedule_run(
             cron_expression=expression,
             max_concurrency=1,
             no_catchup=True,
-            params=pipeline_arguments(config),
+            params=pipeline_arguments(config, beam_args),
             pipeline_package_path=str(path),
             enabled=True,
             pipeline_root=config.pipeline.pipeline_root or None,

@@ -33,18 +33,19 @@ def _storage_step(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task.set_retry(num_retries=RETRIES, backoff_duration=RETRY_BACKOFF, backoff_factor=2.0)
 
 
-def build_pipeline(config: Config):
+def build_pipeline(config: Config, beam_args: list[str] | None = None):
     """Build the `@dsl.pipeline` for `config`: its defaults are the config's values.
 
     Args:
         config: the resolved configuration; `pipeline.*` sets images and resources at build
             time, the rest becomes the default value of the pipeline parameters.
+        beam_args: default Beam flags of the preprocess step (none: Beam runs inside the step).
 
     Returns:
         The pipeline (a kfp GraphComponent): call it under `kfp.local`, or compile it.
     """
     steps = build_components(config.pipeline)
-    defaults = pipeline_arguments(config)
+    defaults = pipeline_arguments(config, beam_args)
     resources = config.pipeline
 
     @dsl.pipeline(
@@ -61,11 +62,14 @@ def build_pipeline(config: Config):
         model_name: str = defaults["model_name"],
         mlflow_tracking_uri: str = defaults["mlflow_tracking_uri"],
         model_base_path: str = defaults["model_base_path"],
+        beam_args: list = defaults["beam_args"],
     ):
         ingest = steps["ingest_images"](source_uri=source_uri, preset=preset, overrides=overrides)
         _storage_step(ingest)
 
-        preprocess = steps["resize_images"](preset=preset, overrides=overrides, manifest=ingest.outputs["manifest"])
+        preprocess = steps["resize_images"](
+            preset=preset, overrides=overrides, beam_args=beam_args, manifest=ingest.outputs["manifest"]
+        )
         _storage_step(preprocess).set_cpu_request(resources.preprocess_cpu)
 
         train = steps["train_model"](preset=preset, overrides=overrides, examples=preprocess.outputs["examples"])

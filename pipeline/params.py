@@ -55,10 +55,14 @@ def config_overrides(config: Config) -> dict[str, Any]:
     return _diff(plain, base)
 
 
-def pipeline_arguments(config: Config) -> dict[str, Any]:
-    """Every pipeline parameter's value for `config`: preset, overrides and the dedicated ones."""
+def pipeline_arguments(config: Config, beam_args: list[str] | None = None) -> dict[str, Any]:
+    """Every pipeline parameter's value: preset, overrides, the dedicated ones and the Beam flags."""
     plain = config.to_dict()
-    args: dict[str, Any] = {"preset": config.preset, "overrides": config_overrides(config)}
+    args: dict[str, Any] = {
+        "preset": config.preset,
+        "overrides": config_overrides(config),
+        "beam_args": list(beam_args or []),
+    }
     for param, (section, field_name) in DEDICATED.items():
         args[param] = plain[section][field_name]
     return args

@@ -28,13 +28,21 @@ def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Outpu
     manifest.metadata.update(describe_manifest(result))
 
 
-def resize_images(preset: str, overrides: dict, manifest: Input[Dataset], examples: Output[Dataset]):
-    """Resize every photo of the manifest into TFRecord shards and statistics (Apache Beam)."""
+def resize_images(
+    preset: str, overrides: dict, beam_args: list, manifest: Input[Dataset], examples: Output[Dataset]
+):
+    """Resize every photo of the manifest into TFRecord shards and statistics (Apache Beam).
+
+    `beam_args` empty runs Beam in this step's container on its cores; Dataflow flags
+    (`--runner=DataflowRunner --project=... --region=... --temp_location=gs://...`) run the same
+    pipeline on Dataflow workers.
+    """
     from components.preprocess import preprocess
     from pipeline.metadata import describe_examples
     from pipeline.params import step_config
 
-    result = preprocess.resize_images(manifest.path, examples.path, step_config(preset, overrides))
+    config = step_config(preset, overrides)
+    result = preprocess.resize_images(manifest.path, examples.path, config, beam_args=list(beam_args) or None)
     examples.metadata.update(describe_examples(result))
 
 

@@ -45,6 +45,8 @@ def test_submit_creates_a_run_with_the_spec_and_parameters_in_the_experiment(kfp
             "gs://pipeline-root/fashion",
             "--set",
             "train.epochs=3",
+            "--beam-args",
+            "--runner=DataflowRunner --project=shop --region=europe-west1 --temp_location=gs://tmp-bucket/beam",
         ]
     )
     assert code == 0
@@ -67,6 +69,12 @@ def test_submit_creates_a_run_with_the_spec_and_parameters_in_the_experiment(kfp
     assert params["model_base_path"] == "gs://models/fashion"
     assert params["overrides"] == {"train": {"epochs": 3}}
     assert params["gate_floors"] == {"category_accuracy": 0.4, "subcategory_accuracy": 0.2}
+    assert params["beam_args"] == [
+        "--runner=DataflowRunner",
+        "--project=shop",
+        "--region=europe-west1",
+        "--temp_location=gs://tmp-bucket/beam",
+    ]
     out = capsys.readouterr().out
     assert body["display_name"] in out and f"{kfp_api.url}/#/runs/details/" in out
 

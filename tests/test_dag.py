@@ -164,7 +164,9 @@ def test_parameters_carry_the_resolved_config(paper_spec):
         "model_name",
         "mlflow_tracking_uri",
         "model_base_path",
+        "beam_args",
     }
+    assert params["beam_args"]["parameterType"] == "LIST"
     assert params["source_uri"]["defaultValue"] == "gs://catalogue/fashion"
     assert params["preset"]["defaultValue"] == "paper"
     assert params["gate_floors"]["defaultValue"] == {"category_accuracy": 0.96, "subcategory_accuracy": 0.86}
@@ -189,7 +191,7 @@ def test_steps_rebuild_the_exact_config(preset):
     rebuilt = step_config(
         args["preset"],
         args["overrides"],
-        **{k: v for k, v in args.items() if k not in ("preset", "overrides")},
+        **{k: v for k, v in args.items() if k not in ("preset", "overrides", "beam_args")},
     )
     assert rebuilt == dataclasses.replace(config, pipeline=rebuilt.pipeline)
     assert "data" not in config_overrides(config)

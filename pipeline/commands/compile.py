@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Build the pipeline from the configuration and write its KFP v2 YAML. Images and "
         "resources (pipeline.*) are fixed in the package; the other settings become the defaults of the "
         "pipeline parameters (source_uri, preset, overrides, gate_floors, model_name, mlflow_tracking_uri, "
-        "model_base_path), which a run can change.",
+        "model_base_path, beam_args), which a run can change.",
     )
     parser.add_argument("--out", default="pipeline.yaml", help="output YAML path (default: pipeline.yaml)")
     add_parameter_arguments(parser)
@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion compile`."""
     from pipeline.cluster import compile_pipeline
-    from pipeline.commands.submit import resolve_cluster_config
+    from pipeline.commands.submit import beam_args, resolve_cluster_config
 
     config = resolve_cluster_config(args)
-    path = compile_pipeline(config, args.out)
+    path = compile_pipeline(config, args.out, beam_args(args))
     print(f"compiled {config.pipeline.name} ({config.preset}) to {path}")
     return 0

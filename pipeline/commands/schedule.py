@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion schedule`."""
     from pipeline import cluster
-    from pipeline.commands.submit import require_host, resolve_cluster_config
+    from pipeline.commands.submit import beam_args, require_host, resolve_cluster_config
 
     host = require_host(args)
     if args.list:
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         token=args.token,
         service_account=args.service_account,
+        beam_args=beam_args(args),
     )
     print(
         f"recurring run {created.recurring_run_id} ({created.name}) created in experiment {args.experiment}: "

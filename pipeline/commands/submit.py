@@ -16,6 +16,13 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mlflow-uri", help="MLflow tracking server URI (registry.tracking_uri)")
     group.add_argument("--model-base-path", help="TF Serving model base path, e.g. gs://bucket/models/fashion")
     group.add_argument("--model-name", help="MLflow registered model name (registry.model_name)")
+    group.add_argument(
+        "--beam-args",
+        default="",
+        help="Beam flags for the preprocess step as one string, written --beam-args=\"--runner=DataflowRunner "
+        "--project=P --region=R --temp_location=gs://B/tmp --sdk_container_image=IMAGE\" (default: Beam runs "
+        "in the step's pod)",
+    )
 
 
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +53,13 @@ def resolve_cluster_config(args: argparse.Namespace):
             "serving": {"model_base_path": args.model_base_path},
         },
     )
+
+
+def beam_args(args: argparse.Namespace) -> list[str]:
+    """The --beam-args string as a list of flags."""
+    import shlex
+
+    return shlex.split(args.beam_args or "")
 
 
 def require_host(args: argparse.Namespace) -> str:
@@ -88,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         token=args.token,
         service_account=args.service_account,
+        beam_args=beam_args(args),
     )
     print(f"run {created['run_id']} ({created['name']}) created in experiment {args.experiment}")
     print(f"details: {created['url']}")
