@@ -27,11 +27,19 @@ from components.train.trainer import compile_model, set_seeds
 
 def evaluate(model, split: dict, schema, batch_size: int = 256) -> dict[str, float]:
     probs = model.predict(split["images"], batch_size=batch_size, verbose=0)
+    return accuracy_summary(probs, split, schema)
+
+
+def accuracy_summary(probs: dict, truth: dict, schema) -> dict[str, float]:
+    """Top-1 accuracy of category and sub-category, arg-max accuracy per attribute group.
+
+    An attribute group counts only products that have a value in it.
+    """
     out = {
-        "category_accuracy": float(np.mean(np.argmax(probs["category"], 1) == split["category"])),
-        "subcategory_accuracy": float(np.mean(np.argmax(probs["subcategory"], 1) == split["subcategory"])),
+        "category_accuracy": float(np.mean(np.argmax(probs["category"], 1) == truth["category"])),
+        "subcategory_accuracy": float(np.mean(np.argmax(probs["subcategory"], 1) == truth["subcategory"])),
     }
-    attrs = split["attributes"]
+    attrs = np.asarray(truth["attributes"])
     for group, idx in schema.attribute_groups.items():
         idx = np.asarray(idx)
         has = attrs[:, idx].sum(1) > 0

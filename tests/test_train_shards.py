@@ -72,8 +72,7 @@ def write_shards(out_dir: Path, per_type: int = 40, article_types: tuple[str, ..
         "image_width": WIDTH,
         "image_format": "jpeg",
         "compression": "none",
-        "counts": {s: len(v) for s, v in by_split.items()},
-        "files": files,
+        "splits": {s: {"count": len(by_split[s]), "files": files[s]} for s in SPLITS},
         "class_counts": {},
         "class_weights": {},
         "labels": schema.to_dict(),
@@ -82,7 +81,9 @@ def write_shards(out_dir: Path, per_type: int = 40, article_types: tuple[str, ..
         k = schema.sizes[level]
         counts = Counter(t[index] for t in train)
         per_class = [counts.get(c, 0) for c in range(k)]
-        stats["class_counts"][level] = {"train": per_class}
+        stats["class_counts"][level] = {
+            s: [sum(1 for t in labels[s] if t[index] == c) for c in range(k)] for s in SPLITS
+        }
         stats["class_weights"][level] = [n / (k * max(c, 1)) for c in per_class]
     pos = np.sum([t[2] for t in train], axis=0).astype(float)
     stats["class_weights"]["attributes"] = {

@@ -28,12 +28,8 @@ FILL_VALUE = 255.0
 
 def split_size(data_dir: str | Path, split: str) -> int:
     """Number of examples of one split, from the preprocess statistics (0 when unknown)."""
-    stats = records.load_stats(data_dir)
-    counts = stats.get("counts") or stats.get("split_counts") or {}
-    value = counts.get(split)
-    if isinstance(value, dict):
-        value = value.get("examples", value.get("count", 0))
-    return int(value or 0)
+    entry = (records.load_stats(data_dir).get("splits") or {}).get(split) or {}
+    return int(entry.get("count") or 0)
 
 
 def to_pair(example: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
