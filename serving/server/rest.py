@@ -71,13 +71,12 @@ def _decode_value(value: Any, dtype: str) -> Any:
 
 
 def _to_array(values: Any, dtype: str) -> np.ndarray:
+    import tensorflow as tf
+
     if dtype == "string":
-        array = np.array(values, dtype=object)
-        if array.dtype != object:
-            array = array.astype(object)
-        return array
+        return np.array(values, dtype=object)
     try:
-        return np.array(values, dtype=np.dtype(dtype))
+        return np.array(values, dtype=tf.dtypes.as_dtype("float32" if dtype == "float" else dtype).as_numpy_dtype)
     except (ValueError, TypeError) as err:
         raise invalid_argument(f"Failed to process element: {err}") from err
 

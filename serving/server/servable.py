@@ -67,10 +67,10 @@ def _op_message(message: str) -> str:
 
 
 def dtype_name(dtype: int) -> str:
-    """`DT_STRING` -> `string`, as TF's error messages spell dtypes."""
-    import tensorflow as tf
+    """`DT_STRING` -> `string`, `DT_FLOAT` -> `float`, as TF's error messages spell dtypes."""
+    from tensorflow.core.framework import types_pb2
 
-    return tf.dtypes.as_dtype(dtype).name
+    return types_pb2.DataType.Name(dtype).removeprefix("DT_").lower()
 
 
 class Servable:
@@ -271,4 +271,4 @@ def _array_dtype_name(array: np.ndarray) -> str:
 
     if array.dtype.kind in ("O", "S", "U"):
         return "string"
-    return tf.dtypes.as_dtype(array.dtype).name
+    return dtype_name(tf.dtypes.as_dtype(array.dtype).as_datatype_enum)
