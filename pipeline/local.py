@@ -164,24 +164,51 @@ class _StepTracker(logging.Filter):
 
 
 class _Tee(io.TextIOBase):
-    """A stdout stand-in that writes through and keeps the last lines of each step's output."""
+    """A stdout stand-in that writes through line by line and keeps the last lines of each step's output.
+
+    kfp's executor logs every step's whole executor input as indented JSON; that block is left
+    out of the terminal (it is in the step's folder) so the steps' own progress stays readable.
+    """
 
     def __init__(self, target: Any, tracker: _StepTracker, keep: int = 200) -> None:
         self.target = target
         self.tracker = tracker
         self.tails: dict[str, collections.deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=keep))
         self._partial = ""
+        self._skipping = False
 
     def write(self, text: str) -> int:
-        self.target.write(text)
         self._partial += text
         *lines, self._partial = self._partial.split("\n")
-        if self.tracker.current:
-            self.tails[self.tracker.current].extend(_ANSI.sub("", line) for line in lines)
+        for line in lines:
+            self._line(line)
         return len(text)
+
+    def _line(self, line: str) -> None:
+        plain = _ANSI.sub("", line)
+        if self._skipping:
+            # The dump ends with its top-level brace, indented only by kfp's streamed-log prefix.
+            if plain.rstrip() == "    }" or "[KFP Executor" in plain:
+                self._skipping = False
+            if "[KFP Executor" not in plain:
+                return
+        if plain.rstrip().endswith("Got executor_input:"):
+            self._skipping = True
+            self.target.write(line + " (not shown)\n")
+            return
+        self.target.write(line + "\n")
+        if self.tracker.current:
+            self.tails[self.tracker.current].append(plain)
 
     def flush(self) -> None:
         self.target.flush()
+
+    def drain(self) -> None:
+        """Write out a last line that had no newline."""
+        if self._partial:
+            self._line(self._partial)
+            self._partial = ""
+        self.flush()
 
     def error_message(self, step: str) -> str:
         """The last `SomethingError: message` line the step printed (its exception), else ''."""
@@ -228,6 +255,7 @@ def _tracking(echo: Callable[[str], None]) -> Iterator[tuple[_StepTracker, _Tee]
         with contextlib.redirect_stdout(tee):
             yield tracker, tee
     finally:
+        tee.drain()
         root.removeFilter(tracker)
 
 
