@@ -70,13 +70,13 @@ def fit_image(image: Any, height: int, width: int, resize_mode: str, pad_color: 
     def _resize() -> Any:
         pixels = tf.cast(image, tf.float32)
         if resize_mode == "stretch":
-            out = tf.image.resize(pixels, [height, width], method="bilinear", antialias=True)
+            out = tf.image.resize(pixels, [height, width], method="lanczos3", antialias=True)
         else:
             shape = tf.cast(tf.shape(image)[:2], tf.float32)
             scale = tf.minimum(target_h / shape[0], target_w / shape[1])
             new_h = tf.clip_by_value(tf.cast(tf.round(shape[0] * scale), tf.int32), 1, height)
             new_w = tf.clip_by_value(tf.cast(tf.round(shape[1] * scale), tf.int32), 1, width)
-            resized = tf.image.resize(pixels, tf.stack([new_h, new_w]), method="bilinear", antialias=True)
+            resized = tf.image.resize(pixels, tf.stack([new_h, new_w]), method="lanczos3", antialias=True)
             top = (height - new_h) // 2
             left = (width - new_w) // 2
             paddings = tf.stack([[top, height - new_h - top], [left, width - new_w - left], [0, 0]])

@@ -104,3 +104,22 @@ def test_export_refuses_to_overwrite_a_version(exported):
     model_dir, version_dir = exported
     with pytest.raises(StepError, match="already exists"):
         export.export_model(model_dir, version_dir)
+
+
+@pytest.mark.parametrize(("size", "mode"), [((150, 90), "pad"), ((45, 70), "pad"), ((150, 90), "stretch")])
+def test_serving_resize_matches_the_preprocess_step(samples_dir, size, mode):
+    """A photo of another size reaches the model as the Beam step would have stored it."""
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from components.preprocess.images import resize_image
+
+    photo = Image.open(next(iter(sorted(samples_dir.glob("*.jpg"))))).convert("RGB").resize(size)
+    buf = io.BytesIO()
+    photo.save(buf, "PNG")
+    decoded = tf.io.decode_image(buf.getvalue(), channels=3)
+    served = export.fit_image(decoded, 80, 60, mode, (255, 255, 255)).numpy().astype(int)
+    stored = np.asarray(resize_image(photo, 80, 60, mode, (255, 255, 255))).astype(int)
+    assert np.abs(served - stored).mean() < 2.0
