@@ -471,6 +471,7 @@ def track_training_run(
     check_pipeline_run_id(pipeline_run_id)
     outputs = read_training_outputs(model_dir, eval_dir, export_dir, config, manifest_uri)
     client = make_client(tracking_uri)
-    with backend_errors(tracking_uri, f"log pipeline run {pipeline_run_id}"):
+    where = f"{tracking_uri} (artifacts: {artifact_uri})" if artifact_uri else tracking_uri
+    with backend_errors(where, f"log pipeline run {pipeline_run_id}"):
         experiment_id = ensure_experiment(client, experiment, artifact_uri)
         return log_training_run(client, experiment_id, outputs, pipeline_run_id, commit or git_commit(), photos)
