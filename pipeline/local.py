@@ -33,7 +33,7 @@ from typing import Any
 from components.common import storage
 from components.common.config import Config
 from components.common.errors import StepError
-from pipeline.params import pipeline_arguments
+from pipeline.params import model_config_uri, pipeline_arguments
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class ServerHandle:
     rest_port: int
     model_name: str
     model_base_path: str
+    model_config_file: str
     log_path: str
     reused: bool = False
 
@@ -119,7 +120,7 @@ def local_config(config: Config, workdir: str | Path) -> Config:
         )
     serving = config.serving
     if not serving.model_base_path:
-        serving = dataclasses.replace(serving, model_base_path=str(root / "models"))
+        serving = dataclasses.replace(serving, model_base_path=str(root / "models" / serving.model_name))
     return dataclasses.replace(config, registry=registry, serving=serving)
 
 
@@ -290,11 +291,22 @@ def running_server(workdir: str | Path) -> ServerHandle | None:
     return None
 
 
+def _ensure_model_config(model_name: str, model_base_path: str) -> str:
+    """The models.config the server starts from; a single-model one before the first deploy writes its own."""
+    from serving.server import config as server_config
+
+    uri = model_config_uri(model_base_path)
+    if not storage.exists(uri):
+        server_config.write_model_server_config(uri, server_config.single_model_config(model_name, model_base_path))
+    return uri
+
+
 def ensure_server(config: Config, workdir: str | Path, timeout_s: float = 120.0) -> ServerHandle:
     """Reuse the workdir's running server when it serves the same model and ports, else start one.
 
     The server outlives `fashion run` on purpose: users send predictions to it afterwards. It
-    polls the model base path, so versions the deploy step publishes load without a restart.
+    reads the models.config beside the model base path, which the deploy step rewrites and pushes
+    to it (HandleReloadConfigRequest) when it publishes and promotes a version.
 
     Raises:
         StepError: the configured port is taken by another process, or the server did not come up.
@@ -307,7 +319,7 @@ def ensure_server(config: Config, workdir: str | Path, timeout_s: float = 120.0)
             serving.rest_port,
             serving.model_name,
             serving.model_base_path,
-        )
+        ) and current.model_config_file == model_config_uri(serving.model_base_path)
         if same:
             return current
         stop_server(workdir)
@@ -319,6 +331,7 @@ def ensure_server(config: Config, workdir: str | Path, timeout_s: float = 120.0)
             )
     if not storage.is_gcs(serving.model_base_path):
         Path(serving.model_base_path).mkdir(parents=True, exist_ok=True)
+    config_file = _ensure_model_config(serving.model_name, serving.model_base_path)
     log_path = Path(workdir).resolve() / "serving" / "server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [
@@ -326,10 +339,12 @@ def ensure_server(config: Config, workdir: str | Path, timeout_s: float = 120.0)
         "-m",
         "pipeline.cli",
         "serve",
+        f"--preset={config.preset}",
+        f"--host={serving.host}",
         f"--port={serving.grpc_port}",
         f"--rest_api_port={serving.rest_port}",
         f"--model_name={serving.model_name}",
-        f"--model_base_path={serving.model_base_path}",
+        f"--model_config_file={config_file}",
         "--file_system_poll_wait_seconds=1",
     ]
     with open(log_path, "ab") as log_file:
@@ -343,6 +358,7 @@ def ensure_server(config: Config, workdir: str | Path, timeout_s: float = 120.0)
         rest_port=serving.rest_port,
         model_name=serving.model_name,
         model_base_path=serving.model_base_path,
+        model_config_file=config_file,
         log_path=str(log_path),
     )
     deadline = time.monotonic() + timeout_s
@@ -511,7 +527,7 @@ def _step_note(step: StepRecord) -> str:
         return f"{m.get('model_name', '')} version {_number(m.get('version', '?'))}"
     if step.name == "deploy-model" and "deployment" in meta:
         m = meta["deployment"]
-        return f"version {_number(m.get('version', '?'))} serving at {m.get('endpoint', '?')}"
+        return f"serving version {_number(m.get('serving_version', '?'))} at {m.get('endpoint', '?')}, verified"
     return ""
 
 
@@ -540,7 +556,10 @@ def format_summary(result: RunResult) -> str:
         )
     deployed = result.artifact("deploy-model", "deployment").get("metadata", {})
     if deployed:
-        lines.append(f"Deployed: version {_number(deployed.get('version', '?'))}, alias champion")
+        lines.append(
+            f"Deployed: registry version {_number(deployed.get('registry_version', '?'))} is serving version "
+            f"{_number(deployed.get('serving_version', '?'))} (label stable, alias champion)"
+        )
     if result.pipeline_root_uri:
         lines.append(f"Pipeline root: {result.pipeline_root_uri}")
     if result.server is not None:

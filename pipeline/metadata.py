@@ -171,9 +171,15 @@ def describe_registration(result: Any) -> dict[str, Any]:
     return {"framework": "tensorflow", "format": "saved_model", **_plain(_as_dict(result))}
 
 
-def describe_deployment(result: Any, deployment_dir: str | Path) -> dict[str, Any]:
-    """Published version, endpoint and smoke-test outcome of a deploy step, also written to the folder."""
-    meta = _plain(_as_dict(result))
+def describe_deployment(result: Any, config: Any, deployment_dir: str | Path) -> dict[str, Any]:
+    """Served version, registry version, endpoint and smoke check of a deploy step, also written to its folder."""
+    serving = config.serving
+    meta = {
+        "model_name": serving.model_name,
+        "endpoint": f"{serving.host}:{serving.grpc_port}",
+        "model_base_path": serving.model_base_path,
+        **_plain(result.to_dict()),
+    }
     folder = Path(deployment_dir)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "deployment.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -117,10 +117,13 @@ def deploy_model(
     evaluation: Input[Artifact],
     deployment: Output[Artifact],
 ):
-    """Publish the challenger to the serving base path, verify the live endpoint, then promote it."""
-    from components import deploy
+    """Publish the registered challenger under the model base path, verify the live endpoint, then promote it."""
+    import os
+
+    from components.deploy import deploy
+    from components.register import Registry
     from pipeline.metadata import describe_deployment
-    from pipeline.params import step_config
+    from pipeline.params import model_config_uri, step_config
 
     config = step_config(
         preset,
@@ -129,8 +132,16 @@ def deploy_model(
         mlflow_tracking_uri=mlflow_tracking_uri,
         model_base_path=model_base_path,
     )
-    result = deploy.deploy_model(saved_model.path, evaluation.path, config)
-    deployment.metadata.update(describe_deployment(result, deployment.path))
+    serving = config.serving
+    # deploy_model takes the registry's `challenger`: the version `saved_model` records, registered upstream.
+    result = deploy.deploy_model(
+        Registry.from_config(config),
+        config,
+        f"{serving.host}:{serving.grpc_port}",
+        model_config_uri(serving.model_base_path),
+        predictions_path=os.path.join(evaluation.path, "predictions.jsonl"),
+    )
+    deployment.metadata.update(describe_deployment(result, config, deployment.path))
 
 
 STEPS = (ingest_images, resize_images, train_model, evaluate_model, register_model, deploy_model)
