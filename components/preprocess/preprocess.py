@@ -190,7 +190,12 @@ def build_pipeline(
         len(schema.attributes),
     )
     rejects = (parsed[REJECTED], image_rejects) | "AllRejects" >> beam.Flatten()
-    shards = examples | "WriteShards" >> WriteShards(out_dir, pre.num_shards, pre.compression)
+    split_sizes = (
+        parsed[OK]
+        | "SplitOfRow" >> beam.Map(lambda item: item.split)
+        | "RowsPerSplit" >> beam.combiners.Count.PerElement()
+    )
+    shards = examples | "WriteShards" >> WriteShards(out_dir, pre.num_shards, pre.compression, split_sizes)
     counts = (
         examples
         | "Labels" >> beam.Map(lambda r: r.labels)
