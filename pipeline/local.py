@@ -573,7 +573,7 @@ def format_summary(result: RunResult) -> str:
         p = result.prediction
         groups = ", ".join(f"{g} {v['value']} ({v['score']:.2f})" for g, v in p.get("attribute_groups", {}).items())
         lines.append(
-            f"Prediction over gRPC (version {p.get('model_version', '?')}) for {p['photo']}, a photo outside "
+            f"Prediction over gRPC (stable = version {p.get('model_version', '?')}) for {p['photo']}, a photo outside "
             f"the training data: category {p['category']} ({p['category_score']:.2f}), sub-category "
             f"{p['subcategory']} ({p['subcategory_score']:.2f}); {groups}"
         )
@@ -631,9 +631,10 @@ def run_and_serve(
 
 
 def predict_photo(server: ServerHandle, photo: str | Path, timeout_s: float = 30.0) -> dict[str, Any]:
-    """One real gRPC Predict call for `photo` against the served model (the `serving.client` client)."""
+    """One real gRPC Predict call for `photo` to the version labelled `stable` (the champion)."""
+    from components.deploy.deploy import STABLE_LABEL
     from serving.client import PredictionClient
 
-    with PredictionClient(server.grpc_address, server.model_name, timeout_s=timeout_s) as client:
+    with PredictionClient(server.grpc_address, server.model_name, label=STABLE_LABEL, timeout_s=timeout_s) as client:
         result = client.predict([Path(photo).read_bytes()])[0]
     return {"photo": str(photo), **result}

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from components.common.errors import StepError
+
 
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -121,8 +123,9 @@ def record_evaluation(evaluation_dir: str | Path, evaluation, metrics, confusion
     folder = Path(evaluation_dir)
     gate = _read_json(folder / "gate.json")
     if not isinstance(gate, Mapping) or "blessed" not in gate:
-        raise FileNotFoundError(f"{folder / 'gate.json'}: the evaluate step wrote no gate decision")
-    values = _scalars(_read_json(folder / "metrics.json") or {})
+        raise StepError(f"{folder / 'gate.json'}: the evaluate step wrote no gate decision")
+    metrics_json = _read_json(folder / "metrics.json") or {}
+    values = _scalars(metrics_json.get("scalars", metrics_json))
     for name, value in sorted(values.items()):
         metrics.log_metric(name, value)
     matrix = _confusion(folder)
@@ -133,11 +136,8 @@ def record_evaluation(evaluation_dir: str | Path, evaluation, metrics, confusion
         if (folder / src).is_file():
             Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / src, artifact.path)
-    gate = {"blessed": bool(gate["blessed"]), "reason": str(gate.get("reason", "")), **gate}
-    evaluation.metadata.update(
-        {"blessed": gate["blessed"], "reason": gate["reason"], **{k: values[k] for k in list(values)[:20]}}
-    )
-    metrics.metadata.update({"blessed": gate["blessed"]})
+    gate = {**gate, "blessed": bool(gate["blessed"]), "reason": str(gate.get("reason", ""))}
+    evaluation.metadata.update({"blessed": gate["blessed"], "reason": gate["reason"], **values})
     return gate
 
 
