@@ -49,9 +49,11 @@ def test_whole_pipeline_on_gcs(gcs_emulator, tmp_path, demo_dir, samples_dir):
 
         # The model base path the server polls is in the bucket, one folder per version.
         version = str(result.artifact("register-model", "saved_model")["metadata"]["version"])
-        published = list(storage.list_files(f"gs://fashion-models/fashion/{version}"))
+        serving_version = int(result.artifact("deploy-model", "deployment")["metadata"]["serving_version"])
+        published = list(storage.list_files(f"gs://fashion-models/fashion/{serving_version}"))
         assert any(uri.endswith("/saved_model.pb") for uri in published)
-        assert str(result.prediction["model_version"]) == version
+        assert storage.exists("gs://fashion-models/models.config")
+        assert result.prediction["model_version"] == serving_version
         assert result.prediction["subcategory"]
 
         # MLflow keeps runs in the work directory's store and their artifacts in the bucket.

@@ -64,8 +64,11 @@ def test_local_run_serves_a_prediction_and_a_failing_run_keeps_the_champion(tmp_
         metrics = result.artifact("evaluate-model", "metrics")["metadata"]
         assert 0.0 <= metrics["category_accuracy"] <= 1.0
         assert Path(result.artifact("evaluate-model", "report")["uri"]).read_text().lstrip().startswith("<")
-        registered = result.artifact("register-model", "saved_model")["metadata"]
-        version = str(registered["version"])
+        version = str(result.artifact("register-model", "saved_model")["metadata"]["version"])
+        deployed = result.artifact("deploy-model", "deployment")["metadata"]
+        assert str(deployed["registry_version"]) == version
+        serving_version = int(deployed["serving_version"])
+        assert deployed["smoke"]["agreement"] >= 0.9
 
         # A real gRPC answer from the served champion, for a photo that is in no catalogue.
         prediction = result.prediction
@@ -74,12 +77,12 @@ def test_local_run_serves_a_prediction_and_a_failing_run_keeps_the_champion(tmp_
         assert Path(prediction["photo"]).name.startswith(("tshirts", "jeans", "watches", "casual-shoes"))
         assert prediction["subcategory"] in CLASSES
         assert 0.0 < prediction["subcategory_score"] <= 1.0
-        assert str(prediction["model_version"]) == version
+        assert prediction["model_version"] == serving_version
         registry = Registry(config_tracking_uri(workdir), config.registry.model_name)
         assert registry.get_version("champion") == version
 
         summary = format_summary(result)
-        expected = ("succeeded", "Gate: PASSED", f"version {version}", f"127.0.0.1:{grpc_port}", "Prediction over gRPC")
+        expected = ("Gate: PASSED", f"registry version {version}", f"127.0.0.1:{grpc_port}", "Prediction over gRPC")
         assert all(text in summary for text in expected), summary
 
         # A corrupt source fails the run at ingest with ingest's own message, after its retries...
@@ -111,9 +114,9 @@ def test_local_run_serves_a_prediction_and_a_failing_run_keeps_the_champion(tmp_
         assert registry.get_version("champion") == version
         from serving.client import PredictionClient
 
-        with PredictionClient(f"127.0.0.1:{grpc_port}", config.serving.model_name) as client:
+        with PredictionClient(f"127.0.0.1:{grpc_port}", config.serving.model_name, label="stable") as client:
             again = client.predict([Path(prediction["photo"]).read_bytes()])[0]
-        assert str(again["model_version"]) == version
+        assert again["model_version"] == serving_version
         assert again["subcategory"] == prediction["subcategory"]
     finally:
         stop_server(workdir)
