@@ -13,6 +13,7 @@ Common Beam flags are options of this command; any other Beam flag goes after `-
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 
 # Beam pipeline flags accepted directly (others pass after `--`), forwarded verbatim.
@@ -80,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from components.preprocess.preprocess import resize_images
     from pipeline.cli import resolve_config
 
+    if not getattr(args, "verbose", False):
+        # Beam logs each server and worker it starts at INFO; the step's summary is what matters here.
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     height, width = args.image_size or (None, None)
     config = resolve_config(
         args,
