@@ -112,6 +112,7 @@ class ModelManager:
         self._poller: threading.Thread | None = None
         self._loaders: list[threading.Thread] = []
         self._config = config
+        self._empty: set[str] = set()
         for model in config.model_config_list.config:
             self._models[model.name] = ModelEntry(config=model)
 
@@ -188,8 +189,10 @@ class ModelManager:
                 except storage.StorageError as err:
                     log.warning("cannot list %s for model %s: %s", model_config.base_path, name, err)
                     continue
-                if not on_disk:
+                if not on_disk and name not in self._empty:
                     log.warning("No versions of servable %s found under base path %s", name, model_config.base_path)
+                # Warn once per stretch without versions, not on every poll.
+                self._empty = (self._empty | {name}) if not on_disk else (self._empty - {name})
                 aspired = set(aspired_versions(model_config.model_version_policy, on_disk))
                 self._reconcile(name, model_config, aspired)
 

@@ -1,0 +1,69 @@
+"""`fashion deploy`: publish the registry's challenger to the endpoint, verify it, promote it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by deploy and rollback: the endpoint, its config file and the registry."""
+    parser.add_argument("--server", help="gRPC host:port of the endpoint (default serving.host:serving.grpc_port)")
+    parser.add_argument(
+        "--model_config_file", required=True, help="the models.config the server reads (local or gs://)"
+    )
+    parser.add_argument("--model_base_path", help="where versions are published (default serving.model_base_path)")
+    parser.add_argument("--model_name", help="served model name (default serving.model_name)")
+    parser.add_argument(
+        "--workdir", help="run folder holding the embedded MLflow store (when registry.tracking_uri is empty)"
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a version may take to become AVAILABLE")
+
+
+def endpoint_config(args: argparse.Namespace):
+    """The resolved config with the endpoint flags applied."""
+    from pipeline.cli import resolve_config
+
+    return resolve_config(args, {"serving": {"model_base_path": args.model_base_path, "model_name": args.model_name}})
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `deploy` subcommand."""
+    from pipeline.cli import add_config_arguments
+
+    parser = subparsers.add_parser(
+        "deploy",
+        help="publish the MLflow challenger to the endpoint, verify it, move `stable` and `champion`",
+        description="Publish the challenger's SavedModel as the next version, wait until the server reports it "
+        "AVAILABLE, compare smoke predictions with the evaluation's, then move the `stable` label and the MLflow "
+        "`champion` alias. On any failure the previous version keeps serving.",
+    )
+    add_endpoint_arguments(parser)
+    parser.add_argument("--predictions", help="the evaluation's predictions.jsonl (smoke photos and reference labels)")
+    parser.add_argument("--photos", nargs="*", default=[], help="more known photos for the smoke prediction")
+    parser.add_argument(
+        "--min-agreement", type=float, default=0.9, help="least share of photos agreeing with the evaluation"
+    )
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle `fashion deploy`."""
+    from components.deploy.deploy import deploy_model
+    from components.register.registry import Registry
+
+    config = endpoint_config(args)
+    server = args.server or f"{config.serving.host}:{config.serving.grpc_port}"
+    result = deploy_model(
+        Registry.from_config(config, args.workdir),
+        config,
+        server,
+        args.model_config_file,
+        predictions_path=args.predictions,
+        smoke_photos=args.photos,
+        timeout_s=args.timeout,
+        min_agreement=args.min_agreement,
+    )
+    print(json.dumps(result.to_dict()))
+    return 0

@@ -1,0 +1,37 @@
+"""`fashion rollback`: move the `stable` label and the MLflow `champion` alias back one version."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `rollback` subcommand."""
+    from pipeline.cli import add_config_arguments
+    from pipeline.commands.deploy import add_endpoint_arguments
+
+    parser = subparsers.add_parser(
+        "rollback",
+        help="serve the previous champion again: move `stable` and `champion` back",
+        description="Point the endpoint's `stable` label at the version the current champion replaced (loading it "
+        "again if needed), then move the MLflow `champion` alias back.",
+    )
+    add_endpoint_arguments(parser)
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handle `fashion rollback`."""
+    from components.deploy.deploy import rollback_model
+    from components.register.registry import Registry
+    from pipeline.commands.deploy import endpoint_config
+
+    config = endpoint_config(args)
+    server = args.server or f"{config.serving.host}:{config.serving.grpc_port}"
+    result = rollback_model(
+        Registry.from_config(config, args.workdir), config, server, args.model_config_file, args.timeout
+    )
+    print(json.dumps(result.to_dict()))
+    return 0
