@@ -96,6 +96,7 @@ class RunResult:
     error: str = ""
     server: ServerHandle | None = None
     prediction: dict[str, Any] | None = None
+    prediction_error: str = ""
     pipeline_root_uri: str = ""
 
     def artifact(self, step: str, name: str) -> dict[str, Any]:
@@ -577,6 +578,8 @@ def format_summary(result: RunResult) -> str:
             f"the training data: category {p['category']} ({p['category_score']:.2f}), sub-category "
             f"{p['subcategory']} ({p['subcategory_score']:.2f}); {groups}"
         )
+    if result.prediction_error:
+        lines.append(f"No prediction: nothing is serving yet ({result.prediction_error}).")
     if not result.ok:
         lines += ["", f"Error: {result.error}", "The serving champion was left untouched."]
     return "\n".join(lines)
@@ -623,10 +626,17 @@ def run_and_serve(
     )
     result = run_pipeline(config, workdir, use_cache=use_cache, echo=echo)
     result.server = server
-    if result.ok and result.steps["deploy-model"].status == "succeeded":
+    if result.ok:
+        # Whatever is `stable` answers: this run's model when it was deployed, else the champion
+        # an earlier run deployed (the gate kept this one out).
+        import grpc
+
         labels = result.artifact("train-model", "model").get("metadata", {})
         photo = pick_sample(samples_dir, labels.get("subcategories"))
-        result.prediction = predict_photo(server, photo, config.serving.request_timeout_s)
+        try:
+            result.prediction = predict_photo(server, photo, config.serving.request_timeout_s)
+        except grpc.RpcError as err:
+            result.prediction_error = f"{err.code().name}: {err.details()}"
     return result
 
 
