@@ -10,7 +10,9 @@ labels, write sorted TFRecord shards) and must write byte-identical shards:
 Beam timings are end to end, as a user waits for them: pipeline construction, worker start-up
 (each worker process imports TensorFlow for `make_example`) and the final statistics. The baseline
 runs twice (before and after the Beam runs) and its mean is used, to soften load drift on a shared
-machine. Prints images/s for each and b/a, c/a; the last line is JSON with "ratio" = c/a.
+machine. CPU-s is the CPU time of this process and its worker processes: the cost of the work
+apart from waiting for a shared CPU. Prints images/s for each and b/a, c/a; the last line is
+JSON with "ratio" = c/a.
 
     .venv/bin/python bench/preprocess.py [--count 10000] [--source ZIP] [--work-dir DIR]
 """
@@ -146,12 +148,19 @@ def main() -> None:
     # Warm the baseline's imports (TensorFlow for make_example) outside its timing.
     features.make_example(b"", "jpeg", "0", 0, 0, [0], (1, 1))
 
+    def cpu() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
     def timed(name, fn):
         before = load()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu()
         count = fn()
-        seconds = time.perf_counter() - start
-        print(f"{name:<34} {count:>6} records {seconds:7.2f} s {count / seconds:8.0f} images/s   ({before})")
+        seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
+        print(
+            f"{name:<38} {count:>6} records {seconds:7.2f} s {count / seconds:7.0f} images/s "
+            f"{cpu_seconds:6.1f} CPU-s ({before})"
+        )
         return count, seconds
 
     runs = {}
