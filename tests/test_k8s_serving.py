@@ -1,0 +1,118 @@
+"""The Kubernetes manifests: rendered from the kustomization, and serving the same config `fashion serve` reads."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.config import ServingConfig
+from serving import export, testing
+from serving.client import PredictionClient
+from serving.server import config as server_config
+from serving.server.server import ModelServer, ServerOptions
+
+K8S = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "serving"
+MOUNT = "/etc/fashion-serving"
+
+
+def render(root: Path = K8S) -> list[dict]:
+    """What `kustomize build` produces for this kustomization (resources plus generated ConfigMaps)."""
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text())
+    docs = [d for name in kustomization["resources"] for d in yaml.safe_load_all((root / name).read_text()) if d]
+    labels = {k: v for entry in kustomization.get("labels", []) for k, v in entry["pairs"].items()}
+    for generator in kustomization.get("configMapGenerator", []):
+        data = {Path(f).name: (root / f).read_text() for f in generator["files"]}
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data})
+    for doc in docs:
+        doc["metadata"].setdefault("labels", {}).update(labels)
+    return docs
+
+
+def _one(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def _args(container) -> dict[str, str]:
+    return dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+
+
+def test_manifests_run_the_official_image_on_the_project_config():
+    docs = render()
+    deployment = _one(docs, "Deployment", "fashion-serving")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"].startswith("tensorflow/serving:")
+    args = _args(container)
+    serving = ServingConfig()
+    assert (int(args["port"]), int(args["rest_api_port"])) == (serving.grpc_port, serving.rest_port)
+
+    # The config files are the kustomization's ConfigMap, mounted where the args point.
+    config_map = _one(docs, "ConfigMap")
+    volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["mountPath"] == MOUNT
+    assert args["model_config_file"] == f"{MOUNT}/models.config"
+    assert args["batching_parameters_file"] == f"{MOUNT}/batching_parameters.txt"
+    assert args["enable_batching"] == "true"
+
+    # ...and they are exactly the files the local server parses.
+    models = server_config.parse_model_server_config(config_map["data"]["models.config"])
+    (model,) = models.model_config_list.config
+    assert model.name == serving.model_name and model.base_path.startswith("gs://")
+    batching = server_config.parse_batching_parameters(config_map["data"]["batching_parameters.txt"])
+    assert (batching.max_batch_size, batching.batch_timeout_micros, batching.max_enqueued_batches) == (
+        serving.max_batch_size,
+        serving.batch_timeout_micros,
+        serving.max_enqueued_batches,
+    )
+
+    # Readiness from the REST status of that model; resources requested; autoscaled.
+    probe = container["readinessProbe"]["httpGet"]
+    assert probe["path"] == f"/v1/models/{model.name}" and probe["port"] == "http"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"grpc": 8500, "http": 8501}
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    hpa = _one(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "fashion-serving"}
+    assert hpa["spec"]["minReplicas"] >= 2
+    service = _one(docs, "Service", "fashion-serving")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.skipif(shutil.which("kustomize") is None, reason="the kustomize binary is not installed")
+def test_kustomize_build_agrees_with_the_python_rendering():
+    built = [d for d in yaml.safe_load_all(subprocess.check_output(["kustomize", "build", str(K8S)], text=True)) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in render()
+    )
+
+
+@pytest.mark.gcs
+@pytest.mark.server
+@pytest.mark.slow
+def test_local_server_serves_the_manifests_config_from_gcs(gcs_emulator, tmp_path):
+    models = server_config.read_model_server_config(str(K8S / "models.config"))
+    base_path = models.model_config_list.config[0].base_path
+    bucket, _ = base_path[5:].split("/", 1)
+    gcs_emulator.create_bucket(bucket)
+    export.export_model(testing.make_model_dir(tmp_path / "model"), f"{base_path}/1")
+    options = ServerOptions(
+        port=0,
+        rest_api_port=0,
+        host="127.0.0.1",
+        model_config_file=str(K8S / "models.config"),
+        enable_batching=True,
+        batching_parameters_file=str(K8S / "batching_parameters.txt"),
+    )
+    server = ModelServer(options).start()
+    try:
+        with PredictionClient(f"127.0.0.1:{server.grpc_port}", models.model_config_list.config[0].name) as client:
+            assert client.status() == [(1, "AVAILABLE")]
+            assert client.predict([testing.sample_photos(1)[0].read_bytes()])[0]["model_version"] == 1
+    finally:
+        server.stop()
