@@ -111,3 +111,35 @@ def test_unusable_weights_file_is_a_clear_error(tmp_path):
 def test_empty_label_level_is_a_clear_error():
     with pytest.raises(StepError, match="subcategory"):
         build_model(CI_MODEL, {"category": 3, "subcategory": 0, "attributes": 2}, (80, 60))
+
+
+def test_model_module_uses_only_keras_ops():
+    """The builder must run under the JAX and PyTorch backends too: no TensorFlow inside the model."""
+    import components.train.model as model_module
+
+    source = open(model_module.__file__).read()
+    assert "tensorflow" not in source and "import tf" not in source
+
+
+@pytest.mark.slow
+def test_model_builds_trains_and_predicts_under_the_jax_backend():
+    pytest.importorskip("jax")
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, keras;"
+        "from components.common.config import load_config;"
+        "from components.train.model import build_model;"
+        "m = build_model(load_config('ci').model, {'category': 3, 'subcategory': 4, 'attributes': 5}, (80, 60));"
+        "m.compile('adam', {'category': 'sparse_categorical_crossentropy',"
+        " 'subcategory': 'sparse_categorical_crossentropy', 'attributes': 'binary_crossentropy'});"
+        "x = np.zeros((4, 80, 60, 3), 'uint8');"
+        "m.fit(x, {'category': np.zeros(4), 'subcategory': np.zeros(4), 'attributes': np.zeros((4, 5))}, verbose=0);"
+        "print(keras.backend.backend(), m.predict(x, verbose=0)['subcategory'].shape)"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "jax (4, 4)" in done.stdout

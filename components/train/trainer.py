@@ -378,7 +378,10 @@ def _write_model_dir(
 ) -> TrainResult:
     """Write model.keras, model_config.json, labels.json, history.json and config.yaml."""
     model_path = out / MODEL_FILE
-    _atomic_save_model(model, model_path)
+    # The shipped model is inference-only: float32 and without optimiser state (a third of the size).
+    export = build_model(config.model, schema.sizes, image_size)
+    export.set_weights(model.get_weights())
+    _atomic_save_model(export, model_path)
     schema.save(out / features.LABELS_FILE)
     config.save(out / CONFIG_FILE)
     history = state["history"]
