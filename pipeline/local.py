@@ -154,7 +154,7 @@ class _StepTracker(logging.Filter):
             step.status = "succeeded" if m.group(2) == "SUCCESS" else "failed"
             step.seconds = now - (step.started or now)
             self.echo(f"==> {step.name} {step.status} in {step.seconds:.1f}s")
-        elif m := re.match(rf"Task {_TASK} cache hit \(key=(\w+)\)", text):
+        elif m := re.match(r"Task '?([A-Za-z0-9_.-]+?)'? cache hit \(key=(\w+)\)", text):
             step = self._step(m.group(1))
             step.status, step.seconds, step.cache_key = "cached", 0.0, m.group(2)
             self.echo(f"==> {step.name} reused from the step cache")
