@@ -121,13 +121,14 @@ class PredictionClient:
 
     def predict_raw(self, photos: Sequence[bytes]) -> PredictOutputs:
         """One Predict call with a batch of encoded photos; raises grpc.RpcError on failure."""
-        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
+        from serving.server.tensors import from_proto, to_proto
+
         request = predict_pb2.PredictRequest(model_spec=self.model_spec())
-        request.inputs[sig.INPUT_KEY].CopyFrom(tf.make_tensor_proto(list(photos), dtype=tf.string))
+        request.inputs[sig.INPUT_KEY].CopyFrom(to_proto(np.array(list(photos), dtype=object)))
         response = self.predictions.Predict(request, timeout=self.timeout_s)
-        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        outputs = {k: from_proto(v) for k, v in response.outputs.items()}
         return PredictOutputs(response.model_spec.name, int(response.model_spec.version.value), outputs)
 
     def predict(self, photos: Sequence[bytes], attribute_threshold: float = 0.5) -> list[dict]:

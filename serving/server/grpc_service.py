@@ -15,7 +15,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.server import handlers
+from serving.server import handlers, tensors
 from serving.server.errors import ServingError, invalid_argument
 from serving.server.manager import ModelManager
 from serving.server.servable import CLASSIFY_METHOD, REGRESS_METHOD
@@ -47,12 +47,10 @@ def _timeout(context: grpc.ServicerContext) -> float | None:
 
 def tensor_inputs(request: Any) -> dict[str, Any]:
     """Request TensorProtos as numpy arrays; a malformed proto is INVALID_ARGUMENT."""
-    import tensorflow as tf
-
     inputs = {}
     for alias, proto in request.inputs.items():
         try:
-            inputs[alias] = tf.make_ndarray(proto)
+            inputs[alias] = tensors.from_proto(proto)
         except (ValueError, TypeError, KeyError) as err:
             raise invalid_argument(f"input tensor {alias} is malformed: {err}") from err
     return inputs
@@ -67,8 +65,6 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_guard
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Run the signature on the request's tensors."""
-        import tensorflow as tf
-
         spec = handlers.Spec.from_proto(request.model_spec)
         result = handlers.predict(
             self.manager, spec, tensor_inputs(request), list(request.output_filter), _timeout(context)
@@ -78,7 +74,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = result.version
         response.model_spec.signature_name = result.signature_name
         for alias, array in result.outputs.items():
-            response.outputs[alias].CopyFrom(tf.make_tensor_proto(array))
+            response.outputs[alias].CopyFrom(tensors.to_proto(array))
         return response
 
     @_guard

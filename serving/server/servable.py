@@ -109,6 +109,7 @@ class Servable:
         self._functions = dict(self._loaded.signatures)
         self._batching = batching
         self._schedulers: dict[str, BatchScheduler] = {}
+        self._specs: dict[tuple[str, str], dict[str, TensorSpec]] = {}
 
     # -- signatures ---------------------------------------------------------------------------
 
@@ -121,11 +122,17 @@ class Servable:
 
     def input_specs(self, signature_name: str) -> dict[str, TensorSpec]:
         """Input alias -> spec of one signature."""
-        return _specs(self.signature(signature_name).inputs)
+        key = ("in", signature_name)
+        if key not in self._specs:
+            self._specs[key] = _specs(self.signature(signature_name).inputs)
+        return self._specs[key]
 
     def output_specs(self, signature_name: str) -> dict[str, TensorSpec]:
         """Output alias -> spec of one signature."""
-        return _specs(self.signature(signature_name).outputs)
+        key = ("out", signature_name)
+        if key not in self._specs:
+            self._specs[key] = _specs(self.signature(signature_name).outputs)
+        return self._specs[key]
 
     # -- prediction ---------------------------------------------------------------------------
 
