@@ -128,9 +128,8 @@ def main() -> None:
         model_dir = testing.make_model_dir(tmp / "model", config=config)
         version_dir = export.export_model(model_dir, str(tmp / "base" / "1"), config=config)
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-        print(
-            f"model: demo preset ({config.model.backbone}, width {config.model.width_multiplier}), one photo per request"
-        )
+        model = f"{config.model.backbone}, width {config.model.width_multiplier}"
+        print(f"model: demo preset ({model}), one photo per request")
         base = in_process(version_dir, photos, levels, args.seconds)
         plain = served(tmp / "base", photos, levels, args.seconds, False, tmp / "plain.log")
         batched = served(tmp / "base", photos, levels, args.seconds, True, tmp / "batched.log")
