@@ -15,9 +15,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.common.config import Config, load_config
 from components.common.labels import LabelSchema
+
+if TYPE_CHECKING:
+    from serving.server.server import ModelServer
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES_DIR = REPO / "data" / "samples"
@@ -107,6 +111,14 @@ def write_models_config(path: str | Path, models: Sequence[dict]) -> Path:
     path = Path(path)
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def start_local_server(model_config_file: str | Path, **options: object) -> ModelServer:
+    """A started in-process server on loopback ephemeral ports, reading `model_config_file`."""
+    from serving.server.server import ModelServer, ServerOptions
+
+    settings = {"port": 0, "rest_api_port": 0, "host": "127.0.0.1", "model_config_file": str(model_config_file)}
+    return ModelServer(ServerOptions(**{**settings, **options})).start()
 
 
 class ServerProcess:

@@ -12,7 +12,6 @@ from pipeline.cli import main
 from serving import export, testing
 from serving import signature as sig
 from serving.client import PredictionClient, format_predictions
-from serving.server.server import ModelServer, ServerOptions
 
 pytestmark = pytest.mark.server
 
@@ -25,10 +24,7 @@ def server(tmp_path_factory):
     config = testing.write_models_config(
         root / "models.config", [{"name": "fashion", "base_path": str(base), "labels": {"stable": 1}}]
     )
-    options = ServerOptions(
-        port=0, rest_api_port=0, host="127.0.0.1", model_config_file=str(config), enable_batching=True
-    )
-    server = ModelServer(options).start()
+    server = testing.start_local_server(config, enable_batching=True)
     yield f"127.0.0.1:{server.grpc_port}"
     server.stop()
 

@@ -13,7 +13,6 @@ from components.deploy.deploy import deploy_model, rollback_model
 from components.register.registry import Registry
 from serving import export, testing
 from serving.client import PredictionClient
-from serving.server.server import ModelServer, ServerOptions
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -64,15 +63,7 @@ def setup(tmp_path_factory):
     base = root / "serving" / "fashion"
     base.mkdir(parents=True)
     config_file = testing.write_models_config(root / "models.config", [{"name": "fashion", "base_path": str(base)}])
-    options = ServerOptions(
-        port=0,
-        rest_api_port=0,
-        host="127.0.0.1",
-        model_config_file=str(config_file),
-        file_system_poll_wait_seconds=0.2,
-        max_num_load_retries=0,
-    )
-    server = ModelServer(options).start()
+    server = testing.start_local_server(config_file, file_system_poll_wait_seconds=0.2, max_num_load_retries=0)
     config = load_config("ci", overrides={"serving": {"model_base_path": str(base), "model_name": "fashion"}})
 
     def register(export_dir, run_name):

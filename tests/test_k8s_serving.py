@@ -13,7 +13,6 @@ from components.common.config import ServingConfig
 from serving import export, testing
 from serving.client import PredictionClient
 from serving.server import config as server_config
-from serving.server.server import ModelServer, ServerOptions
 
 K8S = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "serving"
 MOUNT = "/etc/fashion-serving"
@@ -101,15 +100,10 @@ def test_local_server_serves_the_manifests_config_from_gcs(gcs_emulator, tmp_pat
     bucket, _ = base_path[5:].split("/", 1)
     gcs_emulator.create_bucket(bucket)
     export.export_model(testing.make_model_dir(tmp_path / "model"), f"{base_path}/1")
-    options = ServerOptions(
-        port=0,
-        rest_api_port=0,
-        host="127.0.0.1",
-        model_config_file=str(K8S / "models.config"),
-        enable_batching=True,
-        batching_parameters_file=str(K8S / "batching_parameters.txt"),
+    # Exactly the two files the manifests mount, read by the local server.
+    server = testing.start_local_server(
+        K8S / "models.config", enable_batching=True, batching_parameters_file=str(K8S / "batching_parameters.txt")
     )
-    server = ModelServer(options).start()
     try:
         with PredictionClient(f"127.0.0.1:{server.grpc_port}", models.model_config_list.config[0].name) as client:
             assert client.status() == [(1, "AVAILABLE")]

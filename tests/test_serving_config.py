@@ -15,7 +15,6 @@ from serving import export, testing
 from serving.client import PredictionClient
 from serving.server import config as server_config
 from serving.server.batching import BatchScheduler
-from serving.server.server import ModelServer, ServerOptions
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -49,15 +48,9 @@ def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
             {"name": "every", "base_path": str(base_path), "all": True},
         ],
     )
-    options = ServerOptions(
-        port=0,
-        rest_api_port=0,
-        host="127.0.0.1",
-        model_config_file=str(config_path),
-        model_config_file_poll_wait_seconds=0.2,
-        file_system_poll_wait_seconds=0.2,
+    server = testing.start_local_server(
+        config_path, model_config_file_poll_wait_seconds=0.2, file_system_poll_wait_seconds=0.2
     )
-    server = ModelServer(options).start()
     photo = testing.sample_photos(1)[0].read_bytes()
     target = f"127.0.0.1:{server.grpc_port}"
     try:

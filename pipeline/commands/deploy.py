@@ -20,11 +20,14 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a version may take to become AVAILABLE")
 
 
-def endpoint_config(args: argparse.Namespace):
-    """The resolved config with the endpoint flags applied."""
+def endpoint_inputs(args: argparse.Namespace) -> tuple:
+    """(config with the endpoint flags applied, registry, gRPC target) for deploy and rollback."""
+    from components.register.registry import Registry
     from pipeline.cli import resolve_config
 
-    return resolve_config(args, {"serving": {"model_base_path": args.model_base_path, "model_name": args.model_name}})
+    config = resolve_config(args, {"serving": {"model_base_path": args.model_base_path, "model_name": args.model_name}})
+    server = args.server or f"{config.serving.host}:{config.serving.grpc_port}"
+    return config, Registry.from_config(config, args.workdir), server
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,12 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion deploy`."""
     from components.deploy.deploy import deploy_model
-    from components.register.registry import Registry
 
-    config = endpoint_config(args)
-    server = args.server or f"{config.serving.host}:{config.serving.grpc_port}"
+    config, registry, server = endpoint_inputs(args)
     result = deploy_model(
-        Registry.from_config(config, args.workdir),
+        registry,
         config,
         server,
         args.model_config_file,

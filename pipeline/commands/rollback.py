@@ -25,13 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion rollback`."""
     from components.deploy.deploy import rollback_model
-    from components.register.registry import Registry
-    from pipeline.commands.deploy import endpoint_config
+    from pipeline.commands.deploy import endpoint_inputs
 
-    config = endpoint_config(args)
-    server = args.server or f"{config.serving.host}:{config.serving.grpc_port}"
-    result = rollback_model(
-        Registry.from_config(config, args.workdir), config, server, args.model_config_file, args.timeout
-    )
+    config, registry, server = endpoint_inputs(args)
+    result = rollback_model(registry, config, server, args.model_config_file, args.timeout)
     print(json.dumps(result.to_dict()))
     return 0
