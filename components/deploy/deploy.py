@@ -229,6 +229,11 @@ def load_expected(predictions_path: str | Path, limit: int) -> list[dict[str, An
     return records
 
 
+def _same(served: tuple[str, int], expected: str | int) -> bool:
+    name, index = served
+    return int(index) == expected if isinstance(expected, int) else name == str(expected)
+
+
 def _strings(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
@@ -268,8 +273,13 @@ def smoke_check(
         raise StepError(f"version {version} scores differ from the registered SavedModel by {diff:.2g}")
     result: dict[str, Any] = {"photos": len(photos), "max_score_difference": diff}
     if expected:
-        cats, subs = _strings(served[sig.CATEGORY]), _strings(served[sig.SUBCATEGORY])
-        agree = sum(c == e["category"] and s == e["subcategory"] for c, s, e in zip(cats, subs, expected, strict=False))
+        # The evaluation may name classes or give their indices; compare like with like.
+        cats = zip(_strings(served[sig.CATEGORY]), served[sig.CATEGORY_PROBABILITIES].argmax(-1), strict=True)
+        subs = zip(_strings(served[sig.SUBCATEGORY]), served[sig.SUBCATEGORY_PROBABILITIES].argmax(-1), strict=True)
+        agree = sum(
+            _same(cat, e["category"]) and _same(sub, e["subcategory"])
+            for cat, sub, e in zip(cats, subs, expected, strict=False)
+        )
         agreement = agree / len(expected)
         result.update(evaluation_photos=len(expected), agreement=agreement)
         if agreement < min_agreement:
