@@ -71,15 +71,17 @@ def evaluate_model(
     report: Output[HTML],
     summary: Output[Markdown],
 ) -> NamedTuple("Gate", [("blessed", bool), ("reason", str)]):
-    """Score the model on the test split and decide the gate against the floors and the champion."""
+    """Score the model on the test split and decide the gate against the floors and the serving champion."""
     from components import evaluate
+    from components.register import Registry
     from pipeline.metadata import record_evaluation
     from pipeline.params import step_config
 
     config = step_config(
         preset, overrides, gate_floors=gate_floors, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri
     )
-    evaluate.evaluate_model(model.path, examples.path, evaluation.path, config)
+    champion = Registry.from_config(config).champion_metrics()
+    evaluate.evaluate_model(model.path, examples.path, evaluation.path, config, champion_metrics=champion)
     gate = record_evaluation(evaluation.path, evaluation, metrics, confusion, report, summary)
     return (gate["blessed"], gate["reason"])
 
