@@ -11,6 +11,7 @@ from components.common.config import load_config
 from components.common.errors import StepError
 from components.deploy.deploy import deploy_model, rollback_model
 from components.register.registry import Registry
+from pipeline.cli import main
 from serving import export, testing
 from serving.client import PredictionClient
 
@@ -88,7 +89,19 @@ def _stable(setup):
         return client.predict_raw([testing.sample_photos(1)[0].read_bytes()]).version
 
 
-def test_deploy_verify_promote_fail_safely_and_roll_back(setup):
+def _cli_args(setup) -> list[str]:
+    return [
+        "--preset=ci",
+        f"--server={setup['server']}",
+        f"--model_config_file={setup['config_file']}",
+        f"--model_base_path={setup['base']}",
+        "--model_name=fashion",
+        f"--set=registry.tracking_uri={setup['registry'].tracking_uri}",
+        "--set=registry.model_name=fashion-classifier",
+    ]
+
+
+def test_deploy_verify_promote_fail_safely_and_roll_back(setup, capsys):
     registry, root, photos = setup["registry"], setup["root"], testing.sample_photos(6)
     args = (setup["config"], setup["server"], setup["config_file"])
 
@@ -99,11 +112,13 @@ def test_deploy_verify_promote_fail_safely_and_roll_back(setup):
     assert (first.serving_version, first.previous_serving_version, first.smoke["agreement"]) == (1, None, 1.0)
     assert _stable(setup) == 1 and registry.get_version("champion") == "1"
 
-    # Second deploy: version 2 verified, then `stable` moves; version 1 stays loaded for rollback.
+    # Second deploy, through `fashion deploy`: version 2 verified, then `stable` moves; version 1
+    # stays loaded for rollback.
     assert setup["register"](setup["exports"][1], "run-2") == "2"
     predictions = _evaluation_predictions(setup["exports"][1], root / "pred2.jsonl", photos)
-    second = deploy_model(registry, *args, predictions_path=predictions, timeout_s=120)
-    assert (second.serving_version, second.previous_serving_version) == (2, 1)
+    code = main(["deploy", *_cli_args(setup), "--predictions", str(predictions), "--timeout", "120"])
+    second = json.loads(capsys.readouterr().out)
+    assert code == 0 and (second["serving_version"], second["previous_serving_version"]) == (2, 1)
     assert _stable(setup) == 2 and registry.get_version("champion") == "2"
     with PredictionClient(setup["server"], "fashion") as client:
         assert client.status() == [(2, "AVAILABLE"), (1, "AVAILABLE")]
@@ -130,6 +145,6 @@ def test_deploy_verify_promote_fail_safely_and_roll_back(setup):
     back = rollback_model(registry, *args, timeout_s=120)
     assert (back.serving_version, back.registry_version) == (1, "1")
     assert _stable(setup) == 1 and registry.get_version("champion") == "1"
-    with pytest.raises(StepError, match="replaced no earlier version"):
-        rollback_model(registry, *args, timeout_s=120)
+    assert main(["rollback", *_cli_args(setup)]) == 1
+    assert "replaced no earlier version" in capsys.readouterr().err
     assert _stable(setup) == 1
