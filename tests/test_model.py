@@ -143,3 +143,13 @@ def test_model_builds_trains_and_predicts_under_the_jax_backend():
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "jax (4, 4)" in done.stdout
+
+
+@pytest.mark.parametrize("head", ["unified", "independent"])
+def test_head_normalisation_adds_no_parameters_and_keeps_outputs_valid(head):
+    plain = build_model(dataclasses.replace(CI_MODEL, head=head), SIZES, (80, 60))
+    normed = build_model(dataclasses.replace(CI_MODEL, head=head, head_norm=True), SIZES, (80, 60))
+    assert normed.count_params() == plain.count_params()
+    assert any(isinstance(layer, keras.layers.LayerNormalization) for layer in normed.layers)
+    out = normed(_photos(2), training=False)
+    np.testing.assert_allclose(np.asarray(out["subcategory"]).sum(1), 1.0, rtol=1e-5)

@@ -91,6 +91,7 @@ class ModelConfig:
     dropout: float = field(default=0.3, metadata=_range(0.0, 0.99))
     head: str = field(default="unified", metadata=_choice("unified", "independent"))
     width_multiplier: float = field(default=1.0, metadata=_range(0.05, 8.0))
+    head_norm: bool = False
 
 
 @dataclass(frozen=True)

@@ -95,34 +95,50 @@ def _dropout(model_cfg: ModelConfig, name: str) -> Any:
     return keras.layers.Dropout(model_cfg.dropout, name=name)
 
 
+def _norm(model_cfg: ModelConfig, name: str) -> Any:
+    """Parameter-free layer normalisation (`model.head_norm`), or the identity.
+
+    Sums of two or three ReLU branches grow in scale layer after layer; normalising each sum keeps
+    the deep message-passing paths trainable from scratch without adding a single parameter.
+    """
+    if not model_cfg.head_norm:
+        return lambda x: x
+    return keras.layers.LayerNormalization(center=False, scale=False, name=name)
+
+
 def _unified_head(model_cfg: ModelConfig, features: Any) -> dict[str, Any]:
     """Three branches and the paper's top-down and bottom-up message passing (16 Dense layers)."""
     d = lambda name: _dense(model_cfg, name)  # noqa: E731
-    add = keras.layers.Add
-    x_cat = d("x_cat")(features)
-    x_sub = d("x_sub")(features)
-    x_attr = d("x_attr")(features)
+    n = lambda name: _norm(model_cfg, name)  # noqa: E731
+
+    def add(name: str) -> Any:
+        layer = keras.layers.Add(name=name)
+        return lambda xs: n(f"{name}_norm")(layer(xs))
+
+    x_cat = n("x_cat_norm")(d("x_cat")(features))
+    x_sub = n("x_sub_norm")(d("x_sub")(features))
+    x_attr = n("x_attr_norm")(d("x_attr")(features))
 
     # Top-down: the category informs sub-category and attributes.
     cat_b = _dropout(model_cfg, "cat_b")(d("td_cat_2")(d("td_cat_1")(x_cat)))
     sub_b = _dropout(model_cfg, "sub_b")(
-        d("td_sub_out")(add(name="td_sub_sum")([d("td_sub_in")(x_sub), d("td_cat_to_sub")(cat_b)]))
+        d("td_sub_out")(add("td_sub_sum")([d("td_sub_in")(x_sub), d("td_cat_to_sub")(cat_b)]))
     )
     attr_b = _dropout(model_cfg, "attr_b")(
-        d("td_attr_out")(add(name="td_attr_sum")([d("td_attr_in")(x_attr), d("td_cat_to_attr")(cat_b)]))
+        d("td_attr_out")(add("td_attr_sum")([d("td_attr_in")(x_attr), d("td_cat_to_attr")(cat_b)]))
     )
     # Bottom-up: sub-category and attributes inform the category.
     attr_g = _dropout(model_cfg, "attr_g")(d("bu_attr_2")(d("bu_attr_1")(x_attr)))
     sub_g = _dropout(model_cfg, "sub_g")(d("bu_sub_2")(d("bu_sub_1")(x_sub)))
     cat_g = _dropout(model_cfg, "cat_g")(
         d("bu_cat_out")(
-            add(name="bu_cat_sum")([d("bu_cat_in")(x_cat), d("bu_sub_to_cat")(sub_g), d("bu_attr_to_cat")(attr_g)])
+            add("bu_cat_sum")([d("bu_cat_in")(x_cat), d("bu_sub_to_cat")(sub_g), d("bu_attr_to_cat")(attr_g)])
         )
     )
     return {
-        "category": add(name="category_merge")([cat_b, cat_g]),
-        "subcategory": add(name="subcategory_merge")([sub_b, sub_g]),
-        "attributes": add(name="attributes_merge")([attr_b, attr_g]),
+        "category": add("category_merge")([cat_b, cat_g]),
+        "subcategory": add("subcategory_merge")([sub_b, sub_g]),
+        "attributes": add("attributes_merge")([attr_b, attr_g]),
     }
 
 
@@ -130,9 +146,9 @@ def _independent_heads(model_cfg: ModelConfig, features: Any) -> dict[str, Any]:
     """The ablation: the same branches and depth per level, with no messages between levels."""
     out = {}
     for level in OUTPUTS:
-        x = _dense(model_cfg, f"{level}_branch")(features)
+        x = _norm(model_cfg, f"{level}_branch_norm")(_dense(model_cfg, f"{level}_branch")(features))
         x = _dense(model_cfg, f"{level}_hidden_2")(_dense(model_cfg, f"{level}_hidden_1")(x))
-        out[level] = _dropout(model_cfg, f"{level}_dropout")(x)
+        out[level] = _norm(model_cfg, f"{level}_hidden_norm")(_dropout(model_cfg, f"{level}_dropout")(x))
     return out
 
 
