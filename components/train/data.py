@@ -18,9 +18,9 @@ LABEL_KEYS = ("category", "subcategory", "attributes")
 
 # Augmentation strengths: mild, because catalogue photos are centred on a plain background and
 # large shifts or rotations produce images the model never sees at inference.
-MAX_SHIFT = 0.08
-MAX_SCALE = 0.10
-MAX_ROTATE_DEG = 8.0
+MAX_SHIFT = 0.06
+MAX_SCALE = 0.08
+MAX_ROTATE_DEG = 5.0
 MAX_BRIGHTNESS = 0.10
 CONTRAST_RANGE = (0.85, 1.15)
 FILL_VALUE = 255.0

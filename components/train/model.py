@@ -170,18 +170,19 @@ def _channels(model_cfg: ModelConfig, base: int) -> int:
 def _small_cnn(model_cfg: ModelConfig, x: Any) -> Any:
     """A compact VGG-style network with batch normalisation, sized for 80x60 photos on CPUs.
 
-    A strided stem halves the photo at once (product photos on white carry little detail at
-    single-pixel scale); each later stage doubles the channels and halves the resolution with
-    max pooling; the last stage is pooled globally.
+    The stem convolves the photo at full resolution (at 80x60 every pixel counts) and pools it
+    to half size, where the expensive stages start; each later stage doubles the channels and
+    halves the resolution with max pooling; the last stage is pooled globally.
     """
     layers = keras.layers
 
-    def conv(t: Any, filters: int, name: str, strides: int = 1) -> Any:
-        t = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(t)
+    def conv(t: Any, filters: int, name: str) -> Any:
+        t = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(t)
         t = layers.BatchNormalization(name=f"{name}_bn")(t)
         return layers.Activation("relu", name=f"{name}_relu")(t)
 
-    x = conv(x, _channels(model_cfg, 32), "stem", strides=2)
+    x = conv(x, _channels(model_cfg, 32), "stem")
+    x = layers.MaxPooling2D(2, padding="same", name="stem_pool")(x)
     for stage, base in enumerate((32, 64, 128, 256), start=1):
         filters = _channels(model_cfg, base)
         if stage > 1:
