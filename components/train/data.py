@@ -61,8 +61,24 @@ def make_dataset(
         train_cfg: shuffle buffer, augmentation switch and seed; defaults apply when None.
         repeat: repeat forever (the trainer sets steps per epoch).
     """
-    ds = records.read_split(data_dir, split).map(to_pair, num_parallel_calls=_autotune())
-    return batch_pipeline(ds, batch_size, training, train_cfg or TrainConfig(), repeat=repeat)
+    import tensorflow as tf
+
+    train_cfg = train_cfg or TrainConfig()
+    stats = records.load_stats(data_dir)
+    shape = [int(stats["image_height"]), int(stats["image_width"]), 3]
+    ds = records.read_split(data_dir, split, decode=False)
+    if training:
+        # Shuffle the small encoded records, before decoding: the shards keep the catalogue's
+        # order, where neighbours are often the same kind of product, so a buffer of decoded
+        # images would have to be far larger to give batches of mixed classes.
+        ds = ds.shuffle(train_cfg.shuffle_buffer, seed=train_cfg.seed, reshuffle_each_iteration=True)
+
+    def _decode(example: dict[str, Any]) -> dict[str, Any]:
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        return {**example, "image": tf.ensure_shape(image, shape)}
+
+    ds = ds.map(lambda ex: to_pair(_decode(ex)), num_parallel_calls=_autotune())
+    return batch_pipeline(ds, batch_size, training, train_cfg, repeat=repeat, shuffle=False)
 
 
 def from_arrays(images: Any, labels: dict[str, Any]) -> Any:
@@ -81,11 +97,13 @@ def from_arrays(images: Any, labels: dict[str, Any]) -> Any:
     )
 
 
-def batch_pipeline(ds: Any, batch_size: int, training: bool, train_cfg: TrainConfig, repeat: bool = False) -> Any:
-    """Shuffle (training), repeat, batch, augment (training) and prefetch a dataset of pairs."""
+def batch_pipeline(
+    ds: Any, batch_size: int, training: bool, train_cfg: TrainConfig, repeat: bool = False, shuffle: bool = True
+) -> Any:
+    """Shuffle (training, unless already shuffled), repeat, batch, augment (training) and prefetch pairs."""
     import tensorflow as tf
 
-    if training:
+    if training and shuffle:
         ds = ds.shuffle(train_cfg.shuffle_buffer, seed=train_cfg.seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
