@@ -151,3 +151,13 @@ def test_augmented_background_stays_white(shards):
     white = tf.fill([4, HEIGHT, WIDTH, 3], tf.constant(255, tf.uint8))
     out = augment_batch(white, tf.constant([1, 2], tf.int64)).numpy()
     assert out.min() >= 200
+
+
+def test_training_batches_mix_classes_although_shards_are_written_class_by_class(shards):
+    from components.common.records import read_split
+    from components.train.data import make_dataset
+
+    in_file_order = [int(ex["subcategory"]) for ex in read_split(shards, "train", decode=False).as_numpy_iterator()]
+    assert len(set(in_file_order[:8])) == 1, "the fixture should write each class in one run"
+    images, labels = next(iter(make_dataset(shards, "train", 8, True, TrainConfig(seed=0, shuffle_buffer=10_000))))
+    assert len(set(labels["subcategory"].numpy().tolist())) > 1
