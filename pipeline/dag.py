@@ -91,7 +91,7 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None):
         # The gate compares against the live champion, which changes between runs.
         evaluate.set_caching_options(enable_caching=False)
 
-        with dsl.If(evaluate.outputs["blessed"] == True, name="gate-passed"):  # noqa: E712 (kfp condition)
+        with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a kfp condition)
             register = steps["register_model"](
                 preset=preset,
                 overrides=overrides,

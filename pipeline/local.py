@@ -521,8 +521,8 @@ def _step_note(step: StepRecord) -> str:
         m = meta["model"]
         epochs, best = _number(m.get("epochs", "?")), _number(m.get("best_epoch", "?"))
         return f"{m.get('backbone', '?')}, {epochs} epochs, best epoch {best}"
-    if step.name == "evaluate-model":
-        return "blessed" if step.parameters.get("blessed") else "not blessed"
+    if step.name == "evaluate-model" and step.status == "succeeded":
+        return "blessed" if step.parameters.get("Output") else "not blessed"
     if step.name == "register-model" and "saved_model" in meta:
         m = meta["saved_model"]
         return f"{m.get('model_name', '')} version {_number(m.get('version', '?'))}"
@@ -547,8 +547,9 @@ def format_summary(result: RunResult) -> str:
         lines += ["", "Metrics (test split): " + "  ".join(f"{k} {_number(metrics[k])}" for k in shown)]
     evaluate = result.steps.get("evaluate-model")
     if evaluate and evaluate.parameters:
-        verdict = "PASSED" if evaluate.parameters.get("blessed") else "NOT PASSED"
-        lines.append(f"Gate: {verdict}: {evaluate.parameters.get('reason', '')}")
+        verdict = "PASSED" if evaluate.parameters.get("Output") else "NOT PASSED"
+        reason = result.artifact("evaluate-model", "evaluation").get("metadata", {}).get("reason", "")
+        lines.append(f"Gate: {verdict}: {reason}")
     registered = result.artifact("register-model", "saved_model").get("metadata", {})
     if registered:
         lines.append(
@@ -613,10 +614,12 @@ def run_and_serve(
     """`fashion run`: serve (or reuse the server), run the whole DAG locally, then ask the endpoint over gRPC.
 
     The server starts first because the deploy step verifies the live endpoint before it promotes
-    a version; when a step fails, nothing is published and the server keeps the current champion.
+    a version; when a step fails, nothing is published and the server keeps the current champion,
+    which then answers the prediction.
 
     Returns:
-        The run result with the server handle and, when a version was deployed, the prediction.
+        The run result with the server handle and the prediction of the `stable` version (or why
+        there is none: nothing deployed yet).
     """
     config = local_config(config, workdir)
     server = ensure_server(config, workdir)
@@ -626,17 +629,16 @@ def run_and_serve(
     )
     result = run_pipeline(config, workdir, use_cache=use_cache, echo=echo)
     result.server = server
-    if result.ok:
-        # Whatever is `stable` answers: this run's model when it was deployed, else the champion
-        # an earlier run deployed (the gate kept this one out).
-        import grpc
+    # Whatever is `stable` answers: this run's model when it was deployed, else the champion an
+    # earlier run deployed (the gate kept this one out, or a step failed).
+    import grpc
 
-        labels = result.artifact("train-model", "model").get("metadata", {})
-        photo = pick_sample(samples_dir, labels.get("subcategories"))
-        try:
-            result.prediction = predict_photo(server, photo, config.serving.request_timeout_s)
-        except grpc.RpcError as err:
-            result.prediction_error = f"{err.code().name}: {err.details()}"
+    labels = result.artifact("train-model", "model").get("metadata", {})
+    photo = pick_sample(samples_dir, labels.get("subcategories"))
+    try:
+        result.prediction = predict_photo(server, photo, config.serving.request_timeout_s)
+    except grpc.RpcError as err:
+        result.prediction_error = f"{err.code().name}: {err.details()}"
     return result
 
 

@@ -10,8 +10,6 @@ This module deliberately does not use `from __future__ import annotations`: kfp 
 artifact annotations of these functions as real types.
 """
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -70,8 +68,13 @@ def evaluate_model(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
     summary: Output[Markdown],
-) -> NamedTuple("Gate", [("blessed", bool), ("reason", str)]):
-    """Score the model on the test split and decide the gate against the floors and the serving champion."""
+) -> bool:
+    """Score the model on the test split and decide the gate against the floors and the serving champion.
+
+    Returns the gate's `blessed` as the step's single output: kfp.local (2.17) resolves a `dsl.If`
+    condition only on a task's single `Output`, not on a named output. The reason is on the
+    `evaluation` artifact's metadata.
+    """
     from components import evaluate
     from components.register import Registry
     from pipeline.metadata import record_evaluation
@@ -82,8 +85,7 @@ def evaluate_model(
     )
     champion = Registry.from_config(config).champion_metrics()
     evaluate.evaluate_model(model.path, examples.path, evaluation.path, config, champion_metrics=champion)
-    gate = record_evaluation(evaluation.path, evaluation, metrics, confusion, report, summary)
-    return (gate["blessed"], gate["reason"])
+    return record_evaluation(evaluation.path, evaluation, metrics, confusion, report, summary)["blessed"]
 
 
 def register_model(

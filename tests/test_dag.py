@@ -85,9 +85,9 @@ def test_register_and_deploy_run_only_when_the_gate_blesses(paper_spec):
     gate = conditions[0]
     assert "evaluate-model" in gate["dependentTasks"]
     condition = gate["triggerPolicy"]["condition"]
-    assert condition == "inputs.parameter_values['pipelinechannel--evaluate-model-blessed'] == true"
-    assert gate["inputs"]["parameters"]["pipelinechannel--evaluate-model-blessed"]["taskOutputParameter"] == {
-        "outputParameterKey": "blessed",
+    assert condition == "inputs.parameter_values['pipelinechannel--evaluate-model-Output'] == true"
+    assert gate["inputs"]["parameters"]["pipelinechannel--evaluate-model-Output"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
         "producerTask": "evaluate-model",
     }
 
@@ -108,7 +108,7 @@ def test_typed_artifacts_on_every_boundary(paper_spec):
         "report": "system.HTML",
         "summary": "system.Markdown",
     }
-    assert comps["comp-evaluate-model"]["outputDefinitions"]["parameters"]["blessed"]["parameterType"] == "BOOLEAN"
+    assert comps["comp-evaluate-model"]["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "BOOLEAN"
     assert outputs("comp-register-model") == {"saved_model": "system.Model"}
 
 

@@ -60,7 +60,7 @@ def test_local_run_serves_a_prediction_and_a_failing_run_keeps_the_champion(tmp_
         assert manifest["usable"] == len(CLASSES) * PER_CLASS
         assert sorted(manifest["subcategories"]) == sorted(CLASSES)
         assert result.artifact("resize-images", "examples")["metadata"]["image_height"] == 80
-        assert result.steps["evaluate-model"].parameters["blessed"] is True
+        assert result.steps["evaluate-model"].parameters["Output"] is True  # the gate's decision
         metrics = result.artifact("evaluate-model", "metrics")["metadata"]
         assert 0.0 <= metrics["category_accuracy"] <= 1.0
         assert Path(result.artifact("evaluate-model", "report")["uri"]).read_text().lstrip().startswith("<")
@@ -109,6 +109,7 @@ def test_local_run_serves_a_prediction_and_a_failing_run_keeps_the_champion(tmp_
         assert "ingest-images failed" in err and str(corrupt) in err
         assert "(attempt 3)" in out  # the storage step was retried twice before the run gave up
         assert "The serving champion was left untouched." in out
+        assert f"Prediction over gRPC (stable = version {serving_version})" in out
         # ...and the same server keeps serving the same champion.
         assert "reused" in out and f"pid {result.server.pid}" in out
         assert registry.get_version("champion") == version
