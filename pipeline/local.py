@@ -158,10 +158,6 @@ class _StepTracker(logging.Filter):
             step = self._step(m.group(1))
             step.status, step.seconds, step.cache_key = "cached", 0.0, m.group(2)
             self.echo(f"==> {step.name} reused from the step cache")
-        elif m := re.match(r"Skipping conditional task (\S+)", text):
-            for name in GATED_STEPS:
-                self._step(name).status = "skipped (gate)"
-            self.echo("==> gate not passed: register and deploy skipped")
         return True
 
 
@@ -448,6 +444,11 @@ def run_pipeline(
             step.outputs, step.parameters = _read_outputs(run_dir / step.name)
         if step.status == "failed":
             step.message = tee.error_message(step.name) or "failed (see its log above)"
+    evaluate = steps["evaluate-model"]
+    if evaluate.status in ("succeeded", "cached") and evaluate.parameters.get("Output") is False:
+        for name in GATED_STEPS:
+            steps[name].status = "skipped (gate)"
+        echo("==> gate not passed: register and deploy skipped, the champion keeps serving")
     failed = [s for s in steps.values() if s.status == "failed"]
     if failed:
         error = f"step {failed[0].name} failed: {failed[0].message}"

@@ -33,7 +33,6 @@ def test_progress_follows_kfp_locals_log_lines():
                 f"Executing task {ingest}",
                 f"Task {ingest} finished with status {logging_utils.format_status(Status.SUCCESS)}",
                 "Task resize-images cache hit (key=0123456789ab); skipping execution.",
-                "Skipping conditional task condition-1 (condition evaluated to False)",
             ]
         )
     finally:
@@ -42,7 +41,6 @@ def test_progress_follows_kfp_locals_log_lines():
     assert steps["ingest-images"].status == "succeeded" and steps["ingest-images"].attempts == 2
     assert steps["resize-images"].status == "cached" and steps["resize-images"].cache_key == "0123456789ab"
     assert steps["train-model"].status == "not run"
-    assert steps["register-model"].status == steps["deploy-model"].status == "skipped (gate)"
     assert "==> [1/6] ingest-images (attempt 2)" in echoed
     assert "\x1b" not in "".join(echoed)  # progress lines carry no terminal colour codes
 
