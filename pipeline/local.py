@@ -248,6 +248,9 @@ def _tracking(echo: Callable[[str], None]) -> Iterator[tuple[_StepTracker, _Tee]
     tracker = _StepTracker(echo)
     tee = _Tee(sys.stdout, tracker)
     root = logging.getLogger()
+    level = root.level
+    # Some of kfp.local's progress records (cache hits) are logged outside its own INFO context.
+    root.setLevel(min(level or logging.WARNING, logging.INFO))
     root.addFilter(tracker)
     try:
         with contextlib.redirect_stdout(tee):
@@ -255,6 +258,7 @@ def _tracking(echo: Callable[[str], None]) -> Iterator[tuple[_StepTracker, _Tee]
     finally:
         tee.drain()
         root.removeFilter(tracker)
+        root.setLevel(level)
 
 
 def _pid_alive(pid: int) -> bool:
