@@ -1,0 +1,357 @@
+"""The readable evaluation report: one document, rendered as self-contained HTML and as Markdown.
+
+The content is built once as a list of blocks (headings, paragraphs, tables, figures) and each
+renderer writes it in its format: the HTML page embeds the figures as base64 PNGs so it is one
+file a browser, kfp's HTML viewer or MLflow can show; the Markdown links the PNGs next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.evaluate.evaluation import Evaluation
+from components.evaluate.gate import GateDecision
+from components.evaluate.scalars import describe, group_key
+
+
+@dataclass(frozen=True)
+class Heading:
+    """A section title (level 1 or 2)."""
+
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A line of prose; `tone` (`good`/`bad`) colours it in HTML."""
+
+    text: str
+    tone: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table; cells are already formatted strings."""
+
+    columns: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG next to the report."""
+
+    path: Path
+    caption: str
+
+
+@dataclass(frozen=True)
+class Details:
+    """A collapsible block (HTML) / a plain section (Markdown)."""
+
+    summary: str
+    blocks: Sequence[Any] = field(default_factory=list)
+
+
+def pct(value: float | None) -> str:
+    """0.8731 -> `87.3%`; None -> `n/a`."""
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _gate_blocks(gate: GateDecision) -> list[Any]:
+    verdict = "BLESSED: may replace the champion" if gate.blessed else "NOT BLESSED: production keeps the champion"
+    blocks: list[Any] = [Heading(f"Gate: {verdict}"), Paragraph(gate.reason.split("; ")[0], "good" if gate.blessed else "bad")]
+    if gate.checks:
+        rows = []
+        for c in gate.checks:
+            result = "skipped" if c.skipped else ("pass" if c.passed else "FAIL")
+            rows.append(
+                [
+                    c.metric,
+                    c.kind,
+                    "n/a" if c.value is None else f"{c.value:.4f}",
+                    "n/a" if c.reference is None else f"{c.reference:.4f}",
+                    "n/a" if c.bound is None else f"{c.bound:.4f}",
+                    result,
+                    c.message,
+                ]
+            )
+        blocks.append(Table(["metric", "check", "value", "floor / champion", "least passing", "result", "detail"], rows))
+    return blocks
+
+
+def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, Path], context: dict[str, str]) -> list:
+    """The report's content.
+
+    Args:
+        evaluation: the metrics.
+        gate: the gate decision.
+        figures: figure name (`confusion_category`, `confusion_subcategory`, `attribute_pr_curves`,
+            `samples`) -> PNG path; missing ones are left out.
+        context: `model`, `data` and other lines to show under the title.
+
+    Returns:
+        The list of blocks.
+
+    """
+    s = evaluation.scalars
+    d = evaluation.details
+    n = d["num_test_examples"]
+    decoding = "hierarchy-aware joint decoding" if evaluation.decoding == "joint" else "independent arg-max per level"
+    blocks: list[Any] = [Heading("Model evaluation on the test split", 1)]
+    blocks += [Paragraph(f"{k}: {v}") for k, v in context.items()]
+    blocks.append(
+        Paragraph(
+            f"{n:,} test products. Headline figures use {decoding}; attributes are predicted when their "
+            f"score is above {evaluation.threshold:g}."
+        )
+    )
+    blocks += _gate_blocks(gate)
+
+    blocks.append(Heading("Category and sub-category"))
+    rows = [
+        [label, pct(s[f"category_{key}"]), pct(s[f"subcategory_{key}"])]
+        for label, key in (
+            ("accuracy", "accuracy"),
+            ("top-5 accuracy", "top5_accuracy"),
+            ("OP (precision, support-weighted)", "op"),
+            ("OR (recall, support-weighted)", "or"),
+            ("OF1 (F1, support-weighted)", "of1"),
+            ("macro-F1", "macro_f1"),
+        )
+    ]
+    rows.append(
+        [
+            "classes present in test / trained",
+            f"{d['category']['classes_in_test']} / {d['category']['classes']}",
+            f"{d['subcategory']['classes_in_test']} / {d['subcategory']['classes']}",
+        ]
+    )
+    blocks.append(Table(["metric", "category", "sub-category"], rows))
+
+    h = d["hierarchy"]
+    blocks.append(Heading("Independent vs hierarchy-aware decoding"))
+    blocks.append(
+        Paragraph(
+            f"Joint decoding picks the (category, sub-category) pair with the highest product of "
+            f"probabilities among the {h['allowed_pairs']} pairs of the category tree; it changed the "
+            f"answer for {h['joint_changed_products']:,} of {n:,} products. Independent decoding gave "
+            f"{h['independent_inconsistent_products']:,} pairs that the tree does not contain."
+        )
+    )
+    rows = [
+        [label, pct(s[f"independent_{key}"]), pct(s[f"joint_{key}"])]
+        for label, key in (
+            ("category accuracy", "category_accuracy"),
+            ("sub-category accuracy", "subcategory_accuracy"),
+            ("category OF1", "category_of1"),
+            ("sub-category OF1", "subcategory_of1"),
+            ("sub-category macro-F1", "subcategory_macro_f1"),
+            ("hierarchy consistency", "hierarchy_consistency"),
+        )
+    ]
+    blocks.append(Table(["metric", "independent", "joint"], rows))
+    if h["top_inconsistent_pairs"]:
+        blocks.append(
+            Table(
+                ["predicted category", "predicted sub-category", "products"],
+                [[p["category"], p["subcategory"], str(p["count"])] for p in h["top_inconsistent_pairs"]],
+                "Most frequent pairs outside the tree (independent decoding)",
+            )
+        )
+
+    a = d["attributes"]
+    blocks.append(Heading("Attributes"))
+    rows = [
+        [label, pct(s[f"attributes_{key}"])]
+        for label, key in (
+            (f"OP (micro precision at {evaluation.threshold:g})", "op"),
+            (f"OR (micro recall at {evaluation.threshold:g})", "or"),
+            (f"OF1 (micro F1 at {evaluation.threshold:g})", "of1"),
+            ("CP / per-label precision, mean", "cp"),
+            ("CR / per-label recall, mean", "cr"),
+            ("CF1", "cf1"),
+            ("P@k (k = true labels of the product)", "precision_at_k"),
+            ("R@k", "recall_at_k"),
+            ("F1@k", "f1_at_k"),
+            ("mAP (mean average precision)", "map"),
+        )
+    ]
+    blocks.append(Table(["metric", "value"], rows))
+    skipped = a["at_k"]["skipped_without_labels"]
+    if skipped:
+        blocks.append(Paragraph(f"{skipped:,} products without any true attribute are not scored at k."))
+    rows = [
+        [group, str(len(evaluation.schema.attribute_groups[group])), pct(g["accuracy"]), f"{g['evaluated']:,}"]
+        for group, g in a["groups"].items()
+    ]
+    blocks.append(
+        Table(["attribute group", "values", "arg-max accuracy", "products with a value"], rows, "Per attribute group")
+    )
+
+    for level, label in (("subcategory", "sub-categories"), ("category", "categories")):
+        worst = d[level]["worst"]
+        if worst:
+            blocks.append(Heading(f"Weakest {label}"))
+            blocks.append(
+                Table(
+                    ["class", "F1", "precision", "recall", "test products", "predicted"],
+                    [
+                        [r["name"], pct(r["f1"]), pct(r["precision"]), pct(r["recall"]), str(r["support"]), str(r["predicted"])]
+                        for r in worst
+                    ],
+                    "Lowest F1 among classes with at least 5 test products",
+                )
+            )
+        confusions = d[level]["top_confusions"]
+        if confusions:
+            blocks.append(
+                Table(
+                    ["true", "predicted as", "products"],
+                    [[c["true"], c["predicted"], str(c["count"])] for c in confusions],
+                    f"Most frequent mistakes between {label}",
+                )
+            )
+    labels = [r for r in a["per_label"] if r["ap"] is not None and r["support"] >= 5]
+    if labels:
+        weakest = sorted(labels, key=lambda r: (r["ap"], -r["support"]))[:10]
+        blocks.append(Heading("Weakest attribute values"))
+        blocks.append(
+            Table(
+                ["value", "AP", f"precision at {evaluation.threshold:g}", "recall", "test products"],
+                [[r["name"], pct(r["ap"]), pct(r["precision"]), pct(r["recall"]), str(r["support"])] for r in weakest],
+                "Lowest average precision among values with at least 5 test products",
+            )
+        )
+    captions = {
+        "samples": "Test photos, mistakes first (red: category or sub-category wrong)",
+        "confusion_subcategory": "Sub-category confusion matrix of the most frequent classes (rows: true, normalised)",
+        "confusion_category": "Category confusion matrix of the most frequent classes (rows: true, normalised)",
+        "attribute_pr_curves": "Attribute precision-recall curves per group",
+    }
+    shown = [Figure(figures[k], v) for k, v in captions.items() if k in figures]
+    if shown:
+        blocks.append(Heading("Figures"))
+        blocks += shown
+    glossary = describe()
+    for group in evaluation.schema.attribute_groups:
+        glossary[group_key(group)] = f"{group}: share of products whose highest-scoring {group} value is a true one"
+    glossary.pop("attributes_<group>_accuracy", None)
+    blocks.append(
+        Details(
+            "Metric names (metrics.json scalars, MLflow test.<name>, gate floors and tolerances)",
+            [Table(["name", "value", "meaning"], [[k, _fmt(s.get(k)), v] for k, v in glossary.items()])],
+        )
+    )
+    return blocks
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if float(value).is_integer() and value > 1 else f"{value:.4f}"
+
+
+# -- renderers ------------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: Sequence[Any]) -> str:
+    """Markdown with pipe tables; figures are links to the PNGs next to the file."""
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Paragraph):
+            out += [f"**{block.text}**" if block.tone else block.text, ""]
+        elif isinstance(block, Table):
+            if block.caption:
+                out += [f"*{block.caption}*", ""]
+            out.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
+            out.append("|" + "|".join("---" for _ in block.columns) + "|")
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            out.append("")
+        elif isinstance(block, Figure):
+            out += [f"![{block.caption}]({block.path.name})", "", f"*{block.caption}*", ""]
+        elif isinstance(block, Details):
+            out += [f"### {block.summary}", ""]
+            out.append(to_markdown(block.blocks))
+    return "\n".join(out).rstrip() + "\n"
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 2em auto;
+  max-width: 1100px; padding: 0 1.2em; color: #1f2328; line-height: 1.45; }
+h1 { font-size: 1.6em; border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
+h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #d0d7de; padding-bottom: .2em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em; }
+th, td { border: 1px solid #d0d7de; padding: .3em .7em; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+caption { caption-side: top; text-align: left; font-style: italic; color: #57606a; padding-bottom: .3em; }
+p.good { background: #dafbe1; border-left: 4px solid #1a7f37; padding: .5em .8em; font-weight: 600; }
+p.bad { background: #ffebe9; border-left: 4px solid #c62828; padding: .5em .8em; font-weight: 600; }
+td.pass { color: #1a7f37; font-weight: 600; } td.FAIL { color: #c62828; font-weight: 700; }
+td.skipped { color: #9a6700; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
+figcaption { color: #57606a; font-style: italic; }
+details summary { cursor: pointer; font-weight: 600; margin: 1.5em 0 .5em; }
+"""
+
+
+def _is_number(text: str) -> bool:
+    core = str(text).rstrip("%").replace(",", "").replace("+", "").replace("-", "", 1)
+    return core.replace(".", "", 1).isdigit()
+
+
+def _html_blocks(blocks: Sequence[Any]) -> list[str]:
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            tone = f' class="{block.tone}"' if block.tone else ""
+            out.append(f"<p{tone}>{html.escape(block.text)}</p>")
+        elif isinstance(block, Table):
+            out.append("<table>")
+            if block.caption:
+                out.append(f"<caption>{html.escape(block.caption)}</caption>")
+            out.append("<tr>" + "".join(f"<th>{html.escape(str(c))}</th>" for c in block.columns) + "</tr>")
+            for row in block.rows:
+                cells = []
+                for cell in row:
+                    cls = "num" if _is_number(cell) else cell if cell in ("pass", "FAIL", "skipped") else ""
+                    attr = f' class="{cls}"' if cls else ""
+                    cells.append(f"<td{attr}>{html.escape(str(cell))}</td>")
+                out.append("<tr>" + "".join(cells) + "</tr>")
+            out.append("</table>")
+        elif isinstance(block, Figure):
+            data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+            alt = html.escape(block.caption)
+            out.append(
+                f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
+            )
+        elif isinstance(block, Details):
+            out.append(f"<details><summary>{html.escape(block.summary)}</summary>")
+            out += _html_blocks(block.blocks)
+            out.append("</details>")
+    return out
+
+
+def to_html(blocks: Sequence[Any], title: str = "Model evaluation") -> str:
+    """One self-contained HTML page (inline CSS, figures embedded as base64 PNG)."""
+    body = "\n".join(_html_blocks(blocks))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )

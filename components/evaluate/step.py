@@ -1,0 +1,294 @@
+"""The evaluate step: score a trained model on the test split, decide the gate, write metrics and reports.
+
+Output folder (docs/ARTIFACTS.md): `metrics.json` (flat `scalars` plus details), `gate.json`,
+`report.html` (self-contained), `report.md`, the PNG figures, `predictions.jsonl`,
+`classification_metrics.json` (the category confusion matrix for kfp), `config.yaml`, `labels.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.common import features, records
+from components.common.config import Config
+from components.common.errors import StepError
+from components.common.labels import LabelSchema
+from components.evaluate import figures as fig
+from components.evaluate import outputs, report
+from components.evaluate.evaluation import Evaluation, evaluate_predictions
+from components.evaluate.gate import GateDecision, decide
+
+log = logging.getLogger(__name__)
+
+SPLIT = "test"
+PREDICT_BATCH = 256
+SMOKE_PHOTOS = 32  # photos exported next to predictions.jsonl when the manifest's are out of reach
+
+METRICS_FILE = "metrics.json"
+GATE_FILE = "gate.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+CLASSIFICATION_FILE = "classification_metrics.json"
+REPORT_HTML = "report.html"
+REPORT_MD = "report.md"
+FIGURES = {
+    "confusion_category": "confusion_category.png",
+    "confusion_subcategory": "confusion_subcategory.png",
+    "attribute_pr_curves": "attribute_pr_curves.png",
+    "samples": "samples.png",
+}
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What one evaluation wrote and decided.
+
+    Attributes:
+        out_dir: the output folder.
+        blessed: the gate's decision.
+        reason: the gate's readable reason.
+        scalars: the flat metrics.
+        files: output name -> path.
+        num_examples: test products evaluated.
+        seconds: wall time of `predict` (model over the test split) and `report` (metrics, figures, files).
+
+    """
+
+    out_dir: str
+    blessed: bool
+    reason: str
+    scalars: dict[str, float]
+    files: dict[str, str]
+    num_examples: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def check_same_labels(model_schema: LabelSchema, data_schema: LabelSchema, model_dir: str, data_dir: str) -> None:
+    """Fail when the model and the shards index labels differently (they come from different ingests)."""
+    for level in ("categories", "subcategories", "attributes"):
+        a, b = getattr(model_schema, level), getattr(data_schema, level)
+        if a != b:
+            extra = sorted(set(a) - set(b))[:3]
+            lacking = sorted(set(b) - set(a))[:3]
+            raise StepError(
+                f"the model in {model_dir} and the data in {data_dir} have different {level} "
+                f"({len(a)} vs {len(b)}; model only: {extra}, data only: {lacking}): evaluate the model on the "
+                "shards it was trained from"
+            )
+
+
+def _json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _finite(values: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A copy with non-finite numbers as None (JSON has no NaN)."""
+    if values is None:
+        return None
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in values.items()}
+
+
+def _figures(evaluation: Evaluation, out: Path, photos: dict[str, bytes], sample_rows: list[int]) -> dict[str, Path]:
+    schema = evaluation.schema
+    made: dict[str, Path] = {}
+    for level, names, label in (
+        ("subcategory", schema.subcategories, "Sub-category"),
+        ("category", schema.categories, "Category"),
+    ):
+        cm = evaluation.chosen.levels[level].confusion
+        made[f"confusion_{level}"] = fig.confusion_figure(
+            cm, names, out / FIGURES[f"confusion_{level}"], f"{label}: most frequent classes, test split"
+        )
+    if schema.attributes:
+        made["attribute_pr_curves"] = fig.pr_curves_figure(
+            evaluation.attributes["true"],
+            evaluation.attributes["scores"],
+            schema.attributes,
+            schema.attribute_groups,
+            evaluation.attributes["ap"],
+            evaluation.threshold,
+            out / FIGURES["attribute_pr_curves"],
+        )
+    if sample_rows:
+        made["samples"] = fig.samples_figure(_samples(evaluation, photos, sample_rows), out / FIGURES["samples"])
+    return made
+
+
+def _samples(evaluation: Evaluation, photos: dict[str, bytes], rows: list[int]) -> list[fig.Sample]:
+    p = evaluation.predictions
+    schema = evaluation.schema
+    chosen = evaluation.chosen
+    ids = np.asarray(p["ids"]).astype(str)
+    groups = [g for g in ("baseColour", "gender") if g in schema.attribute_groups] or list(schema.attribute_groups)[:2]
+    scores = evaluation.attributes["scores"]
+    samples = []
+    for r in rows:
+        if ids[r] not in photos:
+            continue
+        true = f"{schema.subcategories[p['true_subcategory'][r]]} / {schema.categories[p['true_category'][r]]}"
+        pred = (
+            f"{schema.subcategories[chosen.subcategory[r]]} {chosen.subcategory_score[r]:.2f} / "
+            f"{schema.categories[chosen.category[r]]}"
+        )
+        attrs = []
+        for g in groups:
+            idx = schema.attribute_groups[g]
+            if idx:
+                attrs.append(schema.attributes[idx[int(scores[r, idx].argmax())]].split("=", 1)[1])
+        correct = bool(
+            chosen.category[r] == p["true_category"][r] and chosen.subcategory[r] == p["true_subcategory"][r]
+        )
+        extra = f"{ids[r]}: " + ", ".join(attrs)
+        samples.append(fig.Sample(outputs.decode_photo(photos[ids[r]]), true, pred, correct, extra))
+    return samples
+
+
+def write_evaluation(
+    predictions: Mapping[str, np.ndarray],
+    schema: LabelSchema,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: Config,
+    champion_metrics: Mapping[str, Any] | None = None,
+    context: Mapping[str, str] | None = None,
+    seconds: Mapping[str, float] | None = None,
+) -> EvaluationResult:
+    """Measure predictions, decide the gate and write every output file.
+
+    Args:
+        predictions: the arrays of `components.train.predict.predict_split` on the test split.
+        schema: the label schema of the model and the shards.
+        data_dir: the preprocess folder the predictions came from (photos for the sample grid and
+            for predictions.jsonl, when the ingest manifest is out of reach).
+        out_dir: the folder to write.
+        config: the resolved config (`evaluate` section).
+        champion_metrics: the production champion's flat scalars; None on the first run.
+        context: lines to show under the report's title (model, data, ...).
+        seconds: timings measured before (e.g. `predict`), kept in metrics.json.
+
+    Returns:
+        The EvaluationResult.
+
+    """
+    started = time.perf_counter()
+    ev = config.evaluate
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluation = evaluate_predictions(predictions, schema, ev.attribute_threshold, ev.hierarchical_decoding)
+    gate = decide(evaluation.scalars, champion_metrics, ev.floors, ev.tolerances)
+
+    ids = np.asarray(predictions["ids"]).astype(str)
+    uris = outputs.manifest_uris(records.load_stats(data_dir).get("manifest"))
+    sample_rows = outputs.select_samples(evaluation, ev.sample_grid_size)
+    smoke_ids = [] if all(i in uris for i in ids[:SMOKE_PHOTOS]) else list(ids[:SMOKE_PHOTOS])
+    photos = outputs.read_photos(data_dir, SPLIT, [ids[r] for r in sample_rows] + smoke_ids)
+    if smoke_ids:
+        image_format = records.load_stats(data_dir).get("image_format", "jpeg")
+        folder = out / "photos"
+        folder.mkdir(exist_ok=True)
+        for item_id in smoke_ids:
+            if item_id in photos and item_id not in uris:
+                path = folder / f"{item_id}.{'png' if image_format == 'png' else 'jpg'}"
+                path.write_bytes(photos[item_id])
+                uris[item_id] = str(path.resolve())
+
+    with open(out / PREDICTIONS_FILE, "w") as fh:
+        for record in outputs.prediction_records(evaluation, uris):
+            fh.write(json.dumps(record) + "\n")
+    _json(out / CLASSIFICATION_FILE, outputs.classification_metrics(evaluation))
+    made = _figures(evaluation, out, photos, sample_rows)
+    lines = dict(context or {})
+    if champion_metrics is None:
+        lines.setdefault("champion", "none in production yet (the gate applies the floors only)")
+    blocks = report.build_blocks(evaluation, gate, made, lines)
+    (out / REPORT_MD).write_text(report.to_markdown(blocks))
+    (out / REPORT_HTML).write_text(report.to_html(blocks))
+    timing = {**(seconds or {}), "report": round(time.perf_counter() - started, 3)}
+    _json(
+        out / METRICS_FILE,
+        {
+            "scalars": evaluation.scalars,
+            "split": SPLIT,
+            **evaluation.details,
+            "champion": _finite(champion_metrics),
+            "seconds": timing,
+        },
+    )
+    _json(out / GATE_FILE, gate.to_dict())
+    config.save(out / "config.yaml")
+    schema.save(out / features.LABELS_FILE)
+    files = {
+        "metrics": METRICS_FILE,
+        "gate": GATE_FILE,
+        "predictions": PREDICTIONS_FILE,
+        "classification_metrics": CLASSIFICATION_FILE,
+        "report_html": REPORT_HTML,
+        "report_md": REPORT_MD,
+        **{k: FIGURES[k] for k in made},
+    }
+    log.info("evaluated %d test products: %s", len(ids), gate.reason.split("; ")[0])
+    return EvaluationResult(
+        out_dir=str(out),
+        blessed=gate.blessed,
+        reason=gate.reason,
+        scalars=evaluation.scalars,
+        files={k: str(out / v) for k, v in files.items()},
+        num_examples=len(ids),
+        seconds=timing,
+    )
+
+
+def evaluate_model(
+    model_dir: str,
+    data_dir: str,
+    out_dir: str,
+    config: Config,
+    champion_metrics: dict | None = None,
+) -> EvaluationResult:
+    """Evaluate a trained model folder on the test split of the shards and decide the gate.
+
+    Args:
+        model_dir: the trainer's output folder (`model.keras`, `labels.json`).
+        data_dir: the preprocess output folder (shards, `stats.json`, `labels.json`).
+        out_dir: the folder to write (see the module docstring).
+        config: the resolved config; `evaluate` holds the threshold, decoding, floors and tolerances.
+        champion_metrics: the serving champion's flat scalars (from the MLflow registry alias
+            `champion`); None when nothing is in production: only the floors apply.
+
+    Returns:
+        The EvaluationResult.
+
+    Raises:
+        StepError: a folder is not what the step expects, or the model and the data disagree on labels.
+
+    """
+    from components.train.predict import load_model, predict_split
+
+    model_schema = records.load_schema(model_dir)
+    check_same_labels(model_schema, records.load_schema(data_dir), model_dir, data_dir)
+    started = time.perf_counter()
+    model = load_model(model_dir)
+    predictions = predict_split(model, data_dir, SPLIT, batch_size=PREDICT_BATCH)
+    predict_s = round(time.perf_counter() - started, 3)
+    log.info("predicted %d test products in %.1fs", len(predictions["ids"]), predict_s)
+    return write_evaluation(
+        predictions,
+        model_schema,
+        data_dir,
+        out_dir,
+        config,
+        champion_metrics,
+        context={"model": str(model_dir), "data": str(data_dir)},
+        seconds={"predict": predict_s},
+    )
