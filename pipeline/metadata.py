@@ -96,36 +96,28 @@ def _scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _confusion(evaluation: Path) -> tuple[list[str], list[list[int]]] | None:
-    for name in ("confusion.json", "confusion_matrix.json", "classification_metrics.json"):
-        data = _read_json(evaluation / name)
-        if isinstance(data, Mapping):
-            labels = data.get("categories") or data.get("labels")
-            matrix = data.get("matrix") or data.get("confusion_matrix")
-            if labels and matrix:
-                return [str(x) for x in labels], [[int(v) for v in row] for row in matrix]
+    data = _read_json(evaluation / "classification_metrics.json")
+    if isinstance(data, Mapping) and data.get("labels") and data.get("matrix"):
+        return [str(x) for x in data["labels"]], [[int(v) for v in row] for row in data["matrix"]]
     return None
 
 
-def record_evaluation(evaluation_dir: str | Path, evaluation, metrics, confusion, report, summary) -> dict[str, Any]:
-    """Turn an evaluate output folder into kfp artifacts; returns the gate decision.
+def record_evaluation(result: Any, evaluation, metrics, confusion, report, summary) -> bool:
+    """Turn an evaluate run (its `EvaluationResult`) into kfp artifacts; returns the gate's decision.
 
     Args:
-        evaluation_dir: the folder the evaluate step wrote (metrics.json, gate.json, reports).
-        evaluation: the folder's own artifact (gets the gate and headline metrics as metadata).
+        result: what `evaluate_model` returned (its folder holds the reports and the confusion data).
+        evaluation: the folder's own artifact (gets the gate decision, reason and metrics as metadata).
         metrics: a kfp `Metrics` artifact: one logged value per flat scalar metric.
         confusion: a kfp `ClassificationMetrics` artifact: the category confusion matrix.
         report: a kfp `HTML` artifact: the self-contained report page.
         summary: a kfp `Markdown` artifact: the Markdown summary.
 
     Returns:
-        `gate.json` as a dict with at least `blessed` (bool) and `reason` (str).
+        True when the gate blessed the model.
     """
-    folder = Path(evaluation_dir)
-    gate = _read_json(folder / "gate.json")
-    if not isinstance(gate, Mapping) or "blessed" not in gate:
-        raise StepError(f"{folder / 'gate.json'}: the evaluate step wrote no gate decision")
-    metrics_json = _read_json(folder / "metrics.json") or {}
-    values = _scalars(metrics_json.get("scalars", metrics_json))
+    folder = Path(result.out_dir)
+    values = _scalars(result.scalars)
     for name, value in sorted(values.items()):
         metrics.log_metric(name, value)
     matrix = _confusion(folder)
@@ -133,12 +125,12 @@ def record_evaluation(evaluation_dir: str | Path, evaluation, metrics, confusion
         labels, rows = matrix
         confusion.log_confusion_matrix(labels, rows)
     for src, artifact in (("report.html", report), ("report.md", summary)):
-        if (folder / src).is_file():
-            Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / src, artifact.path)
-    gate = {**gate, "blessed": bool(gate["blessed"]), "reason": str(gate.get("reason", ""))}
-    evaluation.metadata.update({"blessed": gate["blessed"], "reason": gate["reason"], **values})
-    return gate
+        if not (folder / src).is_file():
+            raise StepError(f"{folder / src}: the evaluate step wrote no {src}")
+        Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / src, artifact.path)
+    evaluation.metadata.update({"blessed": bool(result.blessed), "reason": str(result.reason), **values})
+    return bool(result.blessed)
 
 
 def _as_dict(result: Any) -> dict[str, Any]:

@@ -84,8 +84,8 @@ def evaluate_model(
         preset, overrides, gate_floors=gate_floors, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri
     )
     champion = Registry.from_config(config).champion_metrics()
-    evaluate.evaluate_model(model.path, examples.path, evaluation.path, config, champion_metrics=champion)
-    return record_evaluation(evaluation.path, evaluation, metrics, confusion, report, summary)["blessed"]
+    result = evaluate.evaluate_model(model.path, examples.path, evaluation.path, config, champion_metrics=champion)
+    return record_evaluation(result, evaluation, metrics, confusion, report, summary)
 
 
 def register_model(
