@@ -44,7 +44,7 @@ def reduce_confusion(confusion: np.ndarray, names: Sequence[str], limit: int) ->
     labels = [names[i] for i in keep]
     index = list(keep)
     if rest.size and confusion[rest].sum() + confusion[:, rest].sum() > 0:
-        labels.append(f"other classes ({rest.size})")
+        labels.append(f"other {rest.size} classes")
         groups = [np.array([i]) for i in index] + [rest]
     else:
         groups = [np.array([i]) for i in index]
@@ -92,7 +92,7 @@ def pr_curves_figure(
     names = list(groups)
     cols = min(2, len(names)) or 1
     rows = max(1, -(-len(names) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 5.6 * rows), squeeze=False)
     true = np.asarray(true).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     for ax, group in zip(axes.flat, names, strict=False):
@@ -103,10 +103,14 @@ def pr_curves_figure(
                 continue
             precision, recall = m.precision_recall_curve(true[:, j], scores[:, j])
             value = labels[j].split("=", 1)[-1]
-            ax.step(recall, precision, where="post", lw=1.3, label=f"{_short(value, 16)} (AP {ap[j]:.2f}, n={true[:, j].sum()})")
+            label = f"{_short(value, 16)} (AP {ap[j]:.2f}, n={true[:, j].sum()})"
+            ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", lw=1.3, label=label)
         if idx.size and true[:, idx].any():
             precision, recall = m.precision_recall_curve(true[:, idx].ravel(), scores[:, idx].ravel())
-            ax.step(recall, precision, where="post", color="black", lw=2, ls="--", label="all values (micro)")
+            ax.step(
+                np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", color="black", lw=2, ls="--",
+                label="all values (micro)",
+            )  # fmt: skip
             # Where the decision threshold sits on the micro curve.
             decided = scores[:, idx] > threshold
             tp = (decided & true[:, idx]).sum()
@@ -118,7 +122,7 @@ def pr_curves_figure(
         ax.set_xlabel("recall")
         ax.set_ylabel("precision")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.suptitle("Attribute precision-recall on the test split", fontsize=11)
@@ -130,40 +134,39 @@ def pr_curves_figure(
 
 @dataclass(frozen=True)
 class Sample:
-    """One photo of the sample grid and what to write under it."""
+    """One photo of the sample grid and what to write above it."""
 
     image: np.ndarray
     true: str
     predicted: str
     correct: bool
+    score: float
     extra: str = ""
 
 
 def samples_figure(samples: Sequence[Sample], path: str | Path, columns: int = 6) -> Path:
-    """A grid of test photos; under each, the true and predicted labels (red when wrong)."""
+    """A grid of test photos; above each, the true and predicted labels (red when wrong) and the score."""
     plt = _pyplot()
     columns = max(1, min(columns, len(samples)))
     rows = max(1, -(-len(samples) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 3.35 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.75 * columns, 2.75 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, sample in zip(axes.flat, samples, strict=False):
-        ax.imshow(sample.image, interpolation="nearest")
+        ax.imshow(sample.image, interpolation="bilinear")
         colour = "#1a7f37" if sample.correct else "#c62828"
-        lines = [f"true: {_short(sample.true, 26)}", f"pred: {_short(sample.predicted, 26)}"]
-        if sample.extra:
-            lines.append(_short(sample.extra, 30))
-        ax.set_title("\n".join(lines), fontsize=7.5, color=colour, loc="left")
+        lines = [f"true: {_short(sample.true, 24)}", f"pred: {_short(sample.predicted, 24)}"]
+        lines.append(_short(f"score {sample.score:.2f}" + (f" · {sample.extra}" if sample.extra else ""), 28))
+        ax.set_title("\n".join(lines), fontsize=8, color=colour, loc="left")
+        ax.axis("on")
         for spine in ax.spines.values():
-            spine.set_visible(True)
             spine.set_color(colour)
             spine.set_linewidth(2.5)
-        ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
     if not samples:
         axes.flat[0].text(0.5, 0.5, "no test photos", ha="center", va="center")
-    fig.tight_layout()
+    fig.tight_layout(pad=0.6, h_pad=0.4, w_pad=0.6)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)

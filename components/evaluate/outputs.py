@@ -66,11 +66,12 @@ def prediction_records(evaluation: Evaluation, image_uris: dict[str, str] | None
         yield record
 
 
-def select_samples(evaluation: Evaluation, size: int, per_class: int = 2) -> list[int]:
+def select_samples(evaluation: Evaluation, size: int, per_class: int = 2, max_error_share: float = 2 / 3) -> list[int]:
     """Row indices for the sample grid: mistakes first (most confident first), then correct answers.
 
     At most `per_class` photos of one true sub-category in each part, while others are left, so the
-    grid shows many classes rather than one class's many mistakes.
+    grid shows many classes rather than one class's many mistakes; mistakes fill at most
+    `max_error_share` of the grid when there are correct answers to show too.
     """
     if size <= 0:
         return []
@@ -96,7 +97,8 @@ def select_samples(evaluation: Evaluation, size: int, per_class: int = 2) -> lis
     errors = errors[np.argsort(-chosen.subcategory_score[errors], kind="stable")]
     right = np.flatnonzero(~wrong)
     right = right[np.argsort(-chosen.subcategory_score[right], kind="stable")]
-    return (spread(errors) + spread(right))[:size]
+    shown_errors = min(len(errors), max(size - len(right), int(round(size * max_error_share))))
+    return (spread(errors)[:shown_errors] + spread(right))[:size]
 
 
 def read_photos(data_dir: str | Path, split: str, ids: Sequence[str]) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.evaluate.evaluation import Evaluation
+from components.evaluate.evaluation import WORST_MIN_SUPPORT, Evaluation
 from components.evaluate.gate import GateDecision
 from components.evaluate.scalars import describe, group_key
 
@@ -53,11 +53,33 @@ class Figure:
 
 
 @dataclass(frozen=True)
+class Tiles:
+    """Headline figures, (label, value) pairs: tiles in HTML, a one-row table in Markdown."""
+
+    items: Sequence[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Row:
+    """Blocks shown side by side in HTML (one after another in Markdown)."""
+
+    blocks: Sequence[Any]
+
+
+@dataclass(frozen=True)
 class Details:
     """A collapsible block (HTML) / a plain section (Markdown)."""
 
     summary: str
     blocks: Sequence[Any] = field(default_factory=list)
+
+
+FIGURE_CAPTIONS = {
+    "confusion_subcategory": "Sub-category confusion matrix of the most frequent classes (rows: true class, normalised)",
+    "confusion_category": "Category confusion matrix of the most frequent classes (rows: true class, normalised)",
+    "attribute_pr_curves": "Attribute precision-recall curves per group, with the decision threshold",
+    "samples": "Test photos, mistakes first (red: category or sub-category wrong, green: both right)",
+}
 
 
 def pct(value: float | None) -> str:
@@ -113,7 +135,21 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
             f"score is above {evaluation.threshold:g}."
         )
     )
+    blocks.append(
+        Tiles(
+            [
+                ("category accuracy", pct(s["category_accuracy"])),
+                ("sub-category accuracy", pct(s["subcategory_accuracy"])),
+                ("sub-category OF1", pct(s["subcategory_of1"])),
+                ("attributes OF1", pct(s["attributes_of1"])),
+                ("attributes mAP", pct(s["attributes_map"])),
+                ("hierarchy consistency", pct(s["hierarchy_consistency"])),
+            ]
+        )
+    )
     blocks += _gate_blocks(gate)
+
+    fig = {k: Figure(figures[k], caption) for k, caption in FIGURE_CAPTIONS.items() if k in figures}
 
     blocks.append(Heading("Category and sub-category"))
     rows = [
@@ -129,12 +165,40 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
     ]
     rows.append(
         [
-            "classes present in test / trained",
+            "classes in the test split / in the model",
             f"{d['category']['classes_in_test']} / {d['category']['classes']}",
             f"{d['subcategory']['classes_in_test']} / {d['subcategory']['classes']}",
         ]
     )
     blocks.append(Table(["metric", "category", "sub-category"], rows))
+    for level, label in (("subcategory", "sub-categories"), ("category", "categories")):
+        pair = []
+        worst = d[level]["worst"]
+        if worst:
+            pair.append(
+                Table(
+                    ["class", "F1", "precision", "recall", "test products", "predicted"],
+                    [
+                        [r["name"], pct(r["f1"]), pct(r["precision"]), pct(r["recall"]), str(r["support"]), str(r["predicted"])]
+                        for r in worst
+                    ],
+                    f"Weakest {label}: lowest F1 among classes with at least {WORST_MIN_SUPPORT} test products",
+                )
+            )
+        confusions = d[level]["top_confusions"]
+        if confusions:
+            pair.append(
+                Table(
+                    ["true", "predicted as", "products"],
+                    [[c["true"], c["predicted"], str(c["count"])] for c in confusions],
+                    f"Most frequent mistakes between {label}",
+                )
+            )
+        if pair:
+            blocks.append(Heading(f"Where the {label} go wrong"))
+            blocks.append(Row(pair))
+        if f"confusion_{level}" in fig:
+            blocks.append(fig[f"confusion_{level}"])
 
     h = d["hierarchy"]
     blocks.append(Heading("Independent vs hierarchy-aware decoding"))
@@ -157,15 +221,16 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
             ("hierarchy consistency", "hierarchy_consistency"),
         )
     ]
-    blocks.append(Table(["metric", "independent", "joint"], rows))
+    pair = [Table(["metric", "independent", "joint"], rows)]
     if h["top_inconsistent_pairs"]:
-        blocks.append(
+        pair.append(
             Table(
                 ["predicted category", "predicted sub-category", "products"],
                 [[p["category"], p["subcategory"], str(p["count"])] for p in h["top_inconsistent_pairs"]],
                 "Most frequent pairs outside the tree (independent decoding)",
             )
         )
+    blocks.append(Row(pair))
 
     a = d["attributes"]
     blocks.append(Heading("Attributes"))
@@ -175,8 +240,8 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
             (f"OP (micro precision at {evaluation.threshold:g})", "op"),
             (f"OR (micro recall at {evaluation.threshold:g})", "or"),
             (f"OF1 (micro F1 at {evaluation.threshold:g})", "of1"),
-            ("CP / per-label precision, mean", "cp"),
-            ("CR / per-label recall, mean", "cr"),
+            ("CP (per-label precision, mean)", "cp"),
+            ("CR (per-label recall, mean)", "cr"),
             ("CF1", "cf1"),
             ("P@k (k = true labels of the product)", "precision_at_k"),
             ("R@k", "recall_at_k"),
@@ -184,62 +249,41 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
             ("mAP (mean average precision)", "map"),
         )
     ]
-    blocks.append(Table(["metric", "value"], rows))
-    skipped = a["at_k"]["skipped_without_labels"]
-    if skipped:
-        blocks.append(Paragraph(f"{skipped:,} products without any true attribute are not scored at k."))
-    rows = [
+    groups = [
         [group, str(len(evaluation.schema.attribute_groups[group])), pct(g["accuracy"]), f"{g['evaluated']:,}"]
         for group, g in a["groups"].items()
     ]
     blocks.append(
-        Table(["attribute group", "values", "arg-max accuracy", "products with a value"], rows, "Per attribute group")
+        Row(
+            [
+                Table(["metric", "value"], rows),
+                Table(
+                    ["attribute group", "values", "arg-max accuracy", "products with a value"],
+                    groups,
+                    "Per attribute group: is the highest-scoring value a true one?",
+                ),
+            ]
+        )
     )
-
-    for level, label in (("subcategory", "sub-categories"), ("category", "categories")):
-        worst = d[level]["worst"]
-        if worst:
-            blocks.append(Heading(f"Weakest {label}"))
-            blocks.append(
-                Table(
-                    ["class", "F1", "precision", "recall", "test products", "predicted"],
-                    [
-                        [r["name"], pct(r["f1"]), pct(r["precision"]), pct(r["recall"]), str(r["support"]), str(r["predicted"])]
-                        for r in worst
-                    ],
-                    "Lowest F1 among classes with at least 5 test products",
-                )
-            )
-        confusions = d[level]["top_confusions"]
-        if confusions:
-            blocks.append(
-                Table(
-                    ["true", "predicted as", "products"],
-                    [[c["true"], c["predicted"], str(c["count"])] for c in confusions],
-                    f"Most frequent mistakes between {label}",
-                )
-            )
-    labels = [r for r in a["per_label"] if r["ap"] is not None and r["support"] >= 5]
+    skipped = a["at_k"]["skipped_without_labels"]
+    if skipped:
+        blocks.append(Paragraph(f"{skipped:,} products without any true attribute are not scored at k."))
+    labels = [r for r in a["per_label"] if r["ap"] is not None and r["support"] >= WORST_MIN_SUPPORT]
     if labels:
         weakest = sorted(labels, key=lambda r: (r["ap"], -r["support"]))[:10]
-        blocks.append(Heading("Weakest attribute values"))
         blocks.append(
             Table(
                 ["value", "AP", f"precision at {evaluation.threshold:g}", "recall", "test products"],
                 [[r["name"], pct(r["ap"]), pct(r["precision"]), pct(r["recall"]), str(r["support"])] for r in weakest],
-                "Lowest average precision among values with at least 5 test products",
+                f"Weakest attribute values: lowest average precision among values with at least "
+                f"{WORST_MIN_SUPPORT} test products",
             )
         )
-    captions = {
-        "samples": "Test photos, mistakes first (red: category or sub-category wrong)",
-        "confusion_subcategory": "Sub-category confusion matrix of the most frequent classes (rows: true, normalised)",
-        "confusion_category": "Category confusion matrix of the most frequent classes (rows: true, normalised)",
-        "attribute_pr_curves": "Attribute precision-recall curves per group",
-    }
-    shown = [Figure(figures[k], v) for k, v in captions.items() if k in figures]
-    if shown:
-        blocks.append(Heading("Figures"))
-        blocks += shown
+    if "attribute_pr_curves" in fig:
+        blocks.append(fig["attribute_pr_curves"])
+    if "samples" in fig:
+        blocks.append(Heading("Test photos"))
+        blocks.append(fig["samples"])
     glossary = describe()
     for group in evaluation.schema.attribute_groups:
         glossary[group_key(group)] = f"{group}: share of products whose highest-scoring {group} value is a true one"
@@ -283,6 +327,12 @@ def to_markdown(blocks: Sequence[Any]) -> str:
             out.append("")
         elif isinstance(block, Figure):
             out += [f"![{block.caption}]({block.path.name})", "", f"*{block.caption}*", ""]
+        elif isinstance(block, Tiles):
+            out.append("| " + " | ".join(_md_cell(label) for label, _ in block.items) + " |")
+            out.append("|" + "|".join("---" for _ in block.items) + "|")
+            out += ["| " + " | ".join(f"**{_md_cell(value)}**" for _, value in block.items) + " |", ""]
+        elif isinstance(block, Row):
+            out.append(to_markdown(block.blocks))
         elif isinstance(block, Details):
             out += [f"### {block.summary}", ""]
             out.append(to_markdown(block.blocks))
@@ -305,6 +355,10 @@ td.pass { color: #1a7f37; font-weight: 600; } td.FAIL { color: #c62828; font-wei
 td.skipped { color: #9a6700; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #d0d7de; }
 figcaption { color: #57606a; font-style: italic; }
+.tiles { display: flex; flex-wrap: wrap; gap: .8em; margin: 1em 0; }
+.tile { border: 1px solid #d0d7de; border-radius: 6px; padding: .6em 1em; min-width: 9em; background: #f6f8fa; }
+.tile .value { font-size: 1.5em; font-weight: 700; } .tile .label { color: #57606a; font-size: .85em; }
+.row { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
 details summary { cursor: pointer; font-weight: 600; margin: 1.5em 0 .5em; }
 """
 
@@ -341,6 +395,15 @@ def _html_blocks(blocks: Sequence[Any]) -> list[str]:
             out.append(
                 f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"><figcaption>{alt}</figcaption></figure>'
             )
+        elif isinstance(block, Tiles):
+            tiles = "".join(
+                f'<div class="tile"><div class="value">{html.escape(v)}</div><div class="label">{html.escape(k)}</div></div>'
+                for k, v in block.items
+            )
+            out.append(f'<div class="tiles">{tiles}</div>')
+        elif isinstance(block, Row):
+            cells = "".join("<div>" + "\n".join(_html_blocks([b])) + "</div>" for b in block.blocks)
+            out.append(f'<div class="row">{cells}</div>')
         elif isinstance(block, Details):
             out.append(f"<details><summary>{html.escape(block.summary)}</summary>")
             out += _html_blocks(block.blocks)

@@ -130,27 +130,19 @@ def _samples(evaluation: Evaluation, photos: dict[str, bytes], rows: list[int]) 
     schema = evaluation.schema
     chosen = evaluation.chosen
     ids = np.asarray(p["ids"]).astype(str)
-    groups = [g for g in ("baseColour", "gender") if g in schema.attribute_groups] or list(schema.attribute_groups)[:2]
-    scores = evaluation.attributes["scores"]
     samples = []
     for r in rows:
         if ids[r] not in photos:
             continue
-        true = f"{schema.subcategories[p['true_subcategory'][r]]} / {schema.categories[p['true_category'][r]]}"
-        pred = (
-            f"{schema.subcategories[chosen.subcategory[r]]} {chosen.subcategory_score[r]:.2f} / "
-            f"{schema.categories[chosen.category[r]]}"
-        )
-        attrs = []
-        for g in groups:
-            idx = schema.attribute_groups[g]
-            if idx:
-                attrs.append(schema.attributes[idx[int(scores[r, idx].argmax())]].split("=", 1)[1])
-        correct = bool(
-            chosen.category[r] == p["true_category"][r] and chosen.subcategory[r] == p["true_subcategory"][r]
-        )
-        extra = f"{ids[r]}: " + ", ".join(attrs)
-        samples.append(fig.Sample(outputs.decode_photo(photos[ids[r]]), true, pred, correct, extra))
+        true_cat, true_sub = int(p["true_category"][r]), int(p["true_subcategory"][r])
+        cat, sub = int(chosen.category[r]), int(chosen.subcategory[r])
+        true, pred = schema.subcategories[true_sub], schema.subcategories[sub]
+        if cat != true_cat:
+            # Only a wrong category is worth the space: the sub-category usually implies it.
+            true, pred = f"{true} ({schema.categories[true_cat]})", f"{pred} ({schema.categories[cat]})"
+        image = outputs.decode_photo(photos[ids[r]])
+        correct = cat == true_cat and sub == true_sub
+        samples.append(fig.Sample(image, true, pred, correct, float(chosen.subcategory_score[r]), f"id {ids[r]}"))
     return samples
 
 
