@@ -40,7 +40,16 @@ PRODUCTS = [
     ("Topwear", "Tshirts", [1, 4, 6], "Topwear", "Shirts"),  # sub-category wrong
 ]
 # One solid colour per product; the model recognises it.
-COLOURS = [(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 255)]
+COLOURS = [
+    (0, 0, 0),
+    (255, 0, 0),
+    (0, 255, 0),
+    (0, 0, 255),
+    (255, 255, 0),
+    (255, 0, 255),
+    (0, 255, 255),
+    (255, 255, 255),
+]
 
 
 def _tables(schema: LabelSchema) -> dict[str, np.ndarray]:
@@ -52,7 +61,8 @@ def _tables(schema: LabelSchema) -> dict[str, np.ndarray]:
         cats[i, schema.categories.index(pc)] = 0.9
         subs[i, schema.subcategories.index(ps)] = 0.9
         attrs[i, true_attr] = 0.9
-    # Product 5: Shoes 0.55 vs Bags 0.45; joint decoding picks (Bags, Backpacks) since the tree has no (Shoes, Backpacks).
+    # Product 5: Shoes 0.55 vs Bags 0.45; joint decoding picks (Bags, Backpacks): the tree has no
+    # (Shoes, Backpacks).
     cats[5] = [0.45, 0.0, 0.55, 0.0]
     attrs[0, 6] = 0.6  # a true attribute below the threshold
     attrs[3, 1] = 0.8  # a false one above it
@@ -207,7 +217,9 @@ def test_outputs_are_written_in_the_documented_layout(evaluated):
     metrics = json.loads((out / "metrics.json").read_text())
     tshirts = next(r for r in metrics["subcategory"]["per_class"] if r["name"] == "Tshirts")
     assert (tshirts["support"], tshirts["predicted"], tshirts["recall"]) == (2, 2, 0.5)
-    assert metrics["hierarchy"]["top_inconsistent_pairs"] == [{"category": "Shoes", "subcategory": "Backpacks", "count": 1}]
+    assert metrics["hierarchy"]["top_inconsistent_pairs"] == [
+        {"category": "Shoes", "subcategory": "Backpacks", "count": 1}
+    ]
     assert metrics["decoding"] == "independent" and metrics["champion"] is None
     kfp = json.loads((out / "classification_metrics.json").read_text())
     assert kfp["labels"] == ["Bags", "Bottomwear", "Shoes", "Topwear"]
@@ -246,7 +258,7 @@ def test_report_is_a_self_contained_page_and_a_markdown_summary(evaluated):
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>")
     assert page.count('src="data:image/png;base64,') == 4
-    assert "src=\"http" not in page and "<link" not in page and "<script" not in page
+    assert 'src="http' not in page and "<link" not in page and "<script" not in page
     assert "Gate: BLESSED" in page and "87.5%" in page  # category accuracy
     md = (out / "report.md").read_text()
     assert md.startswith("# Model evaluation on the test split")
@@ -278,7 +290,12 @@ def test_cli_compares_with_a_champion_and_exits_1_when_the_gate_fails(colour_run
     champion = tmp_path / "champion.json"
     champion.write_text(json.dumps({"scalars": {"category_accuracy": 0.95, "subcategory_accuracy": 0.7}}))
     args = ["evaluate", "--model", str(colour_run["model"]), "--data", str(colour_run["data"]), "--preset", "ci"]
-    gate = ["--set", "evaluate.floors={category_accuracy: 0.5}", "--set", "evaluate.tolerances={category_accuracy: 0.05}"]
+    gate = [
+        "--set",
+        "evaluate.floors={category_accuracy: 0.5}",
+        "--set",
+        "evaluate.tolerances={category_accuracy: 0.05}",
+    ]
     code = cli.main([*args, "--out", str(tmp_path / "a"), "--champion-metrics", str(champion), *gate])
     printed = capsys.readouterr().out
     assert code == 1

@@ -88,9 +88,19 @@ def test_a_nan_candidate_metric_fails():
 def test_the_decision_is_json_and_reads_the_presets_gate():
     config = load_config("cpu-full")
     decision = decide(
-        {"category_accuracy": 0.97, "subcategory_accuracy": 0.80}, None, config.evaluate.floors, config.evaluate.tolerances
+        {"category_accuracy": 0.97, "subcategory_accuracy": 0.80},
+        None,
+        config.evaluate.floors,
+        config.evaluate.tolerances,
     )
     data = json.loads(json.dumps(decision.to_dict()))
     assert data["blessed"] is False
     assert [c["metric"] for c in data["checks"] if not c["passed"]] == ["subcategory_accuracy"]
     assert set(data["checks"][0]) == {"metric", "kind", "value", "reference", "bound", "passed", "skipped", "message"}
+
+
+def test_a_misspelt_floor_suggests_the_metric_it_may_mean():
+    decision = decide({"category_accuracy": 0.95}, None, {"category_acuracy": 0.9}, {})
+    assert not decision.blessed
+    assert "category_acuracy is missing from the candidate's metrics" in decision.reason
+    assert "(did you mean category_accuracy?)" in decision.reason

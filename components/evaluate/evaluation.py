@@ -18,7 +18,15 @@ from components.evaluate import metrics as m
 from components.evaluate.scalars import DECODED_SCALARS, group_key
 
 LEVELS = ("category", "subcategory")
-PREDICTION_KEYS = ("ids", "category", "subcategory", "attributes", "true_category", "true_subcategory", "true_attributes")
+PREDICTION_KEYS = (
+    "ids",
+    "category",
+    "subcategory",
+    "attributes",
+    "true_category",
+    "true_subcategory",
+    "true_attributes",
+)
 WORST_MIN_SUPPORT = 5
 
 
@@ -221,9 +229,10 @@ def evaluate_predictions(
             "classes_in_test": int((cm.support > 0).sum()),
             "classes": len(names[level]),
         }
-    inconsistent = ~allowed[decoded["independent"].category, decoded["independent"].subcategory]
+    ind = decoded["independent"]
+    inconsistent = ~allowed[ind.category, ind.subcategory]
     pairs: dict[tuple[int, int], int] = {}
-    for c, s in zip(decoded["independent"].category[inconsistent], decoded["independent"].subcategory[inconsistent]):
+    for c, s in zip(ind.category[inconsistent], ind.subcategory[inconsistent], strict=True):
         pairs[(int(c), int(s))] = pairs.get((int(c), int(s)), 0) + 1
     details["hierarchy"] = {
         "allowed_pairs": int(allowed.sum()),

@@ -52,7 +52,9 @@ def reduce_confusion(confusion: np.ndarray, names: Sequence[str], limit: int) ->
     return pooled, labels
 
 
-def confusion_figure(confusion: np.ndarray, names: Sequence[str], path: str | Path, title: str, limit: int = 15) -> Path:
+def confusion_figure(
+    confusion: np.ndarray, names: Sequence[str], path: str | Path, title: str, limit: int = 15
+) -> Path:
     """Row-normalised confusion matrix of the most frequent classes, with counts in the cells."""
     plt = _pyplot()
     matrix, labels = reduce_confusion(confusion, names, limit)
@@ -69,7 +71,15 @@ def confusion_figure(confusion: np.ndarray, names: Sequence[str], path: str | Pa
     ax.set_title(title, fontsize=10)
     for (i, j), count in np.ndenumerate(matrix):
         if count:
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=6.5, color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=6.5,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -107,15 +117,15 @@ def pr_curves_figure(
             ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", lw=1.3, label=label)
         if idx.size and true[:, idx].any():
             precision, recall = m.precision_recall_curve(true[:, idx].ravel(), scores[:, idx].ravel())
-            ax.step(
-                np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", color="black", lw=2, ls="--",
-                label="all values (micro)",
-            )  # fmt: skip
+            micro = {"color": "black", "lw": 2, "ls": "--", "label": "all values (micro)"}
+            ax.step(np.r_[0.0, recall], np.r_[precision[0], precision], where="pre", **micro)
             # Where the decision threshold sits on the micro curve.
             decided = scores[:, idx] > threshold
             tp = (decided & true[:, idx]).sum()
             if decided.sum():
-                ax.plot(tp / true[:, idx].sum(), tp / decided.sum(), "o", color="crimson", label=f"threshold {threshold:g}")
+                ax.plot(
+                    tp / true[:, idx].sum(), tp / decided.sum(), "o", color="crimson", label=f"threshold {threshold:g}"
+                )
         ax.set_title(f"{group} ({idx.size} values)", fontsize=10)
         ax.set_xlim(0, 1.01)
         ax.set_ylim(0, 1.02)
@@ -141,7 +151,8 @@ class Sample:
     predicted: str
     correct: bool
     score: float
-    extra: str = ""
+    notes: tuple[str, ...] = ()
+    ident: str = ""
 
 
 def samples_figure(samples: Sequence[Sample], path: str | Path, columns: int = 6) -> Path:
@@ -149,15 +160,23 @@ def samples_figure(samples: Sequence[Sample], path: str | Path, columns: int = 6
     plt = _pyplot()
     columns = max(1, min(columns, len(samples)))
     rows = max(1, -(-len(samples) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.75 * columns, 2.75 * rows), squeeze=False)
+    # Fixed geometry: every caption gets the same four lines of room above its photo.
+    cell_w, text_h, margin = 1.75, 0.72, 0.08
+    aspect = samples[0].image.shape[0] / samples[0].image.shape[1] if samples else 4 / 3
+    image_h = cell_w * 0.94 * aspect
+    height = rows * (image_h + text_h) + margin
+    fig, axes = plt.subplots(rows, columns, figsize=(cell_w * columns, height), squeeze=False)
+    fig.subplots_adjust(
+        left=0.01, right=0.99, bottom=margin / height, top=1 - text_h / height, wspace=0.06, hspace=text_h / image_h
+    )
     for ax in axes.flat:
         ax.axis("off")
     for ax, sample in zip(axes.flat, samples, strict=False):
         ax.imshow(sample.image, interpolation="bilinear")
         colour = "#1a7f37" if sample.correct else "#c62828"
-        lines = [f"true: {_short(sample.true, 24)}", f"pred: {_short(sample.predicted, 24)}"]
-        lines.append(_short(f"score {sample.score:.2f}" + (f" · {sample.extra}" if sample.extra else ""), 28))
-        ax.set_title("\n".join(lines), fontsize=8, color=colour, loc="left")
+        last = f"score {sample.score:.2f}" + (f" · id {sample.ident}" if sample.ident else "")
+        lines = [f"true: {sample.true}", f"pred: {sample.predicted}", *sample.notes[:1], last]
+        ax.set_title("\n".join(_short(line, 27) for line in lines), fontsize=8, color=colour, loc="left", pad=3)
         ax.axis("on")
         for spine in ax.spines.values():
             spine.set_color(colour)
@@ -166,7 +185,6 @@ def samples_figure(samples: Sequence[Sample], path: str | Path, columns: int = 6
         ax.set_yticks([])
     if not samples:
         axes.flat[0].text(0.5, 0.5, "no test photos", ha="center", va="center")
-    fig.tight_layout(pad=0.6, h_pad=0.4, w_pad=0.6)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)

@@ -9,6 +9,7 @@ and by how much, so a person reading the run sees why.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -110,13 +111,10 @@ def decide(
         value = _number(metrics, metric)
         if value is None or math.isnan(value):
             what = "missing from" if value is None else "not a number in"
-            checks.append(
-                GateCheck(
-                    metric, "missing", None, None, None, False, False,
-                    f"{metric} is {what} the candidate's metrics: it cannot be checked "
-                    f"(known metrics: {', '.join(sorted(metrics)[:8])}{', ...' if len(metrics) > 8 else ''})",
-                )
-            )  # fmt: skip
+            close = difflib.get_close_matches(metric, [str(k) for k in metrics], n=3)
+            hint = f" (did you mean {' or '.join(close)}?)" if close and value is None else ""
+            message = f"{metric} is {what} the candidate's metrics: it cannot be checked{hint}"
+            checks.append(GateCheck(metric, "missing", None, None, None, False, False, message))
             continue
         if metric in floors:
             checks.append(_floor_check(metric, value, float(floors[metric])))

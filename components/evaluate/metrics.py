@@ -17,7 +17,7 @@ import numpy as np
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den elementwise, 0 where den is 0 (scikit-learn's zero_division=0)."""
+    """Num / den elementwise, 0 where den is 0 (scikit-learn's zero_division=0)."""
     num = np.asarray(num, dtype=np.float64)
     den = np.asarray(den, dtype=np.float64)
     out = np.zeros(np.broadcast(num, den).shape, dtype=np.float64)

@@ -37,9 +37,8 @@ def prediction_records(evaluation: Evaluation, image_uris: dict[str, str] | None
     true_attr = evaluation.attributes["true"]
     scores = evaluation.attributes["scores"]
     decided = scores > evaluation.threshold
-    group_best = np.stack(
-        [np.asarray(idx)[scores[:, idx].argmax(axis=1)] for idx in schema.attribute_groups.values() if idx], axis=1
-    ) if any(schema.attribute_groups.values()) else np.zeros((len(scores), 0), dtype=np.int64)  # fmt: skip
+    best = [np.asarray(idx)[scores[:, idx].argmax(axis=1)] for idx in schema.attribute_groups.values() if idx]
+    group_best = np.stack(best, axis=1) if best else np.zeros((len(scores), 0), dtype=np.int64)
     correct = (chosen.category == true_cat) & (chosen.subcategory == true_sub)
     uris = image_uris or {}
     for i, item_id in enumerate(np.asarray(p["ids"]).astype(str)):
@@ -127,13 +126,15 @@ def decode_photo(data: bytes) -> np.ndarray:
 
 
 def manifest_uris(manifest_uri: str | None) -> dict[str, str]:
-    """id -> image_uri from the ingest manifest the shards were made from; empty when unreadable."""
+    """Id -> image_uri from the ingest manifest the shards were made from; empty when unreadable."""
     if not manifest_uri:
         return {}
     try:
         text = storage.read_bytes(str(manifest_uri)).decode("utf-8")
     except (OSError, ValueError) as err:
-        log.warning("manifest %s is not readable (%s): predictions.jsonl photos come from the shards", manifest_uri, err)
+        log.warning(
+            "manifest %s is not readable (%s): predictions.jsonl photos come from the shards", manifest_uri, err
+        )
         return {}
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"id", "image_uri"} <= set(reader.fieldnames):

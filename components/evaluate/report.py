@@ -75,7 +75,8 @@ class Details:
 
 
 FIGURE_CAPTIONS = {
-    "confusion_subcategory": "Sub-category confusion matrix of the most frequent classes (rows: true class, normalised)",
+    "confusion_subcategory": "Sub-category confusion matrix of the most frequent classes "
+    "(rows: true class, normalised)",
     "confusion_category": "Category confusion matrix of the most frequent classes (rows: true class, normalised)",
     "attribute_pr_curves": "Attribute precision-recall curves per group, with the decision threshold",
     "samples": "Test photos, mistakes first (red: category or sub-category wrong, green: both right)",
@@ -89,7 +90,10 @@ def pct(value: float | None) -> str:
 
 def _gate_blocks(gate: GateDecision) -> list[Any]:
     verdict = "BLESSED: may replace the champion" if gate.blessed else "NOT BLESSED: production keeps the champion"
-    blocks: list[Any] = [Heading(f"Gate: {verdict}"), Paragraph(gate.reason.split("; ")[0], "good" if gate.blessed else "bad")]
+    blocks: list[Any] = [
+        Heading(f"Gate: {verdict}"),
+        Paragraph(gate.reason.split("; ")[0], "good" if gate.blessed else "bad"),
+    ]
     if gate.checks:
         rows = []
         for c in gate.checks:
@@ -105,7 +109,9 @@ def _gate_blocks(gate: GateDecision) -> list[Any]:
                     c.message,
                 ]
             )
-        blocks.append(Table(["metric", "check", "value", "floor / champion", "least passing", "result", "detail"], rows))
+        blocks.append(
+            Table(["metric", "check", "value", "floor / champion", "least passing", "result", "detail"], rows)
+        )
     return blocks
 
 
@@ -179,7 +185,14 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
                 Table(
                     ["class", "F1", "precision", "recall", "test products", "predicted"],
                     [
-                        [r["name"], pct(r["f1"]), pct(r["precision"]), pct(r["recall"]), str(r["support"]), str(r["predicted"])]
+                        [
+                            r["name"],
+                            pct(r["f1"]),
+                            pct(r["precision"]),
+                            pct(r["recall"]),
+                            str(r["support"]),
+                            str(r["predicted"]),
+                        ]
                         for r in worst
                     ],
                     f"Weakest {label}: lowest F1 among classes with at least {WORST_MIN_SUPPORT} test products",
@@ -397,7 +410,8 @@ def _html_blocks(blocks: Sequence[Any]) -> list[str]:
             )
         elif isinstance(block, Tiles):
             tiles = "".join(
-                f'<div class="tile"><div class="value">{html.escape(v)}</div><div class="label">{html.escape(k)}</div></div>'
+                f'<div class="tile"><div class="value">{html.escape(v)}</div>'
+                f'<div class="label">{html.escape(k)}</div></div>'
                 for k, v in block.items
             )
             out.append(f'<div class="tiles">{tiles}</div>')
@@ -415,6 +429,6 @@ def to_html(blocks: Sequence[Any], title: str = "Model evaluation") -> str:
     """One self-contained HTML page (inline CSS, figures embedded as base64 PNG)."""
     body = "\n".join(_html_blocks(blocks))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )

@@ -24,7 +24,7 @@ from components.common.labels import LabelSchema
 from components.evaluate import figures as fig
 from components.evaluate import outputs, report
 from components.evaluate.evaluation import Evaluation, evaluate_predictions
-from components.evaluate.gate import GateDecision, decide
+from components.evaluate.gate import decide
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +136,21 @@ def _samples(evaluation: Evaluation, photos: dict[str, bytes], rows: list[int]) 
             continue
         true_cat, true_sub = int(p["true_category"][r]), int(p["true_subcategory"][r])
         cat, sub = int(chosen.category[r]), int(chosen.subcategory[r])
-        true, pred = schema.subcategories[true_sub], schema.subcategories[sub]
-        if cat != true_cat:
-            # Only a wrong category is worth the space: the sub-category usually implies it.
-            true, pred = f"{true} ({schema.categories[true_cat]})", f"{pred} ({schema.categories[cat]})"
+        # Only a wrong category is worth a line: the sub-category usually implies it.
+        notes = [f"cat: {schema.categories[cat]} ≠ {schema.categories[true_cat]}"] if cat != true_cat else []
         image = outputs.decode_photo(photos[ids[r]])
         correct = cat == true_cat and sub == true_sub
-        samples.append(fig.Sample(image, true, pred, correct, float(chosen.subcategory_score[r]), f"id {ids[r]}"))
+        samples.append(
+            fig.Sample(
+                image,
+                schema.subcategories[true_sub],
+                schema.subcategories[sub],
+                correct,
+                float(chosen.subcategory_score[r]),
+                tuple(notes),
+                ids[r],
+            )
+        )
     return samples
 
 
