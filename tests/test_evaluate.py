@@ -374,3 +374,36 @@ def test_the_trainers_network_on_real_photos_without_a_manifest(demo_dir, tmp_pa
     first = Path(rows[0]["image_uri"])
     assert first.parent == out / "photos" and first.read_bytes() == items[0][1]
     assert all(Path(r["image_uri"]).is_file() for r in rows)
+
+
+class _Artifact:
+    """Stands in for a kfp output artifact: path, metadata, the logging calls of Metrics/ClassificationMetrics."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+        self.metadata: dict = {}
+        self.logged: dict = {}
+        self.confusion: tuple | None = None
+
+    def log_metric(self, name: str, value: float) -> None:
+        self.logged[name] = value
+
+    def log_confusion_matrix(self, labels: list[str], matrix: list[list[int]]) -> None:
+        self.confusion = (labels, matrix)
+
+
+def test_the_pipeline_step_turns_the_folder_into_kfp_artifacts(evaluated, tmp_path):
+    from pipeline.metadata import record_evaluation
+
+    result, out = evaluated
+    evaluation, metrics, confusion, page, summary = (_Artifact(tmp_path / n) for n in ("e", "m", "c", "r.html", "s.md"))
+    assert record_evaluation(result, evaluation, metrics, confusion, page, summary) is True
+    assert evaluation.metadata["reason"] == result.reason
+    assert metrics.logged == result.scalars
+    assert confusion.confusion == (
+        ["Bags", "Bottomwear", "Shoes", "Topwear"],
+        [[1, 0, 1, 0], [0, 2, 0, 0], [0, 0, 1, 0], [0, 0, 0, 3]],
+    )
+    assert Path(page.path).read_text() == (out / "report.html").read_text()
+    assert Path(summary.path).read_text().startswith("# Model evaluation")
+    assert evaluation.metadata["category_accuracy"] == pytest.approx(7 / 8)
