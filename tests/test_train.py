@@ -156,3 +156,30 @@ def test_cli_train_on_a_folder_without_shards_says_what_to_do(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--preset", "ci"])
     assert code == 1
     assert "fashion preprocess" in capsys.readouterr().err
+
+
+def test_batchnorm_recalibration_makes_inference_match_batch_statistics(shards):
+    import dataclasses
+
+    import keras
+
+    from components.train.data import make_dataset
+    from components.train.model import build_model
+    from components.train.trainer import recalibrate_batchnorm
+
+    config = load_config("ci")
+    model = build_model(dataclasses.replace(config.model, dropout=0.0), {"category": 3, "subcategory": 4,
+                        "attributes": 5}, (80, 60))  # fmt: skip
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in bns:  # stale statistics, as after a fast-moving phase of training
+        bn.moving_mean.assign(np.full(bn.moving_mean.shape, 5.0, "float32"))
+        bn.moving_variance.assign(np.full(bn.moving_variance.shape, 50.0, "float32"))
+    clean = make_dataset(shards, "train", 32, True, dataclasses.replace(config.train, augment=False), repeat=True)
+    images, _ = next(iter(clean))
+    stale_gap = np.abs(np.asarray(model(images, training=False)["subcategory"]) - np.asarray(
+        model(images, training=True)["subcategory"])).max()  # fmt: skip
+    assert recalibrate_batchnorm(model, clean, 4) == 4
+    gap = np.abs(np.asarray(model(images, training=False)["subcategory"]) - np.asarray(
+        model(images, training=True)["subcategory"])).max()  # fmt: skip
+    assert gap < stale_gap / 3
+    assert all(bn.momentum == 0.99 for bn in bns), "the layers' own momentum must be restored"
