@@ -260,6 +260,7 @@ def test_report_is_a_self_contained_page_and_a_markdown_summary(evaluated):
     assert page.count('src="data:image/png;base64,') == 4
     assert 'src="http' not in page and "<link" not in page and "<script" not in page
     assert "Gate: BLESSED" in page and "87.5%" in page  # category accuracy
+    assert "<summary>All sub-categories (7), by test products</summary>" in page
     md = (out / "report.md").read_text()
     assert md.startswith("# Model evaluation on the test split")
     assert "| accuracy | 87.5% | 75.0% |" in md

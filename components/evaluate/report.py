@@ -297,6 +297,63 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
     if "samples" in fig:
         blocks.append(Heading("Test photos"))
         blocks.append(fig["samples"])
+    per_class = []
+    for level, label in (("subcategory", "sub-categories"), ("category", "categories")):
+        rows = sorted(d[level]["per_class"], key=lambda r: (-r["support"], r["name"]))
+        per_class.append(
+            Details(
+                f"All {label} ({len(rows)}), by test products",
+                [
+                    Table(
+                        ["class", "test products", "predicted", "precision", "recall", "F1"],
+                        [
+                            [
+                                r["name"],
+                                str(r["support"]),
+                                str(r["predicted"]),
+                                pct(r["precision"]),
+                                pct(r["recall"]),
+                                pct(r["f1"]),
+                            ]
+                            for r in rows
+                        ],
+                    )
+                ],
+            )
+        )
+    rows = sorted(a["per_label"], key=lambda r: (-r["support"], r["name"]))
+    per_class.append(
+        Details(
+            f"All attribute values ({len(rows)}), by test products",
+            [
+                Table(
+                    [
+                        "value",
+                        "test products",
+                        f"predicted at {evaluation.threshold:g}",
+                        "precision",
+                        "recall",
+                        "F1",
+                        "AP",
+                    ],
+                    [
+                        [
+                            r["name"],
+                            str(r["support"]),
+                            str(r["predicted"]),
+                            pct(r["precision"]),
+                            pct(r["recall"]),
+                            pct(r["f1"]),
+                            pct(r["ap"]),
+                        ]
+                        for r in rows
+                    ],
+                )
+            ],
+        )
+    )
+    blocks.append(Heading("Per class"))
+    blocks += per_class
     glossary = describe()
     for group in evaluation.schema.attribute_groups:
         glossary[group_key(group)] = f"{group}: share of products whose highest-scoring {group} value is a true one"
