@@ -189,19 +189,20 @@ def write_evaluation(
     gate = decide(evaluation.scalars, champion_metrics, ev.floors, ev.tolerances)
 
     ids = np.asarray(predictions["ids"]).astype(str)
-    uris = outputs.manifest_uris(records.load_stats(data_dir).get("manifest"))
+    stats = records.load_stats(data_dir)
+    uris = outputs.manifest_uris(stats.get("manifest"))
     sample_rows = outputs.select_samples(evaluation, ev.sample_grid_size)
-    smoke_ids = [] if all(i in uris for i in ids[:SMOKE_PHOTOS]) else list(ids[:SMOKE_PHOTOS])
-    photos = outputs.read_photos(data_dir, SPLIT, [ids[r] for r in sample_rows] + smoke_ids)
-    if smoke_ids:
-        image_format = records.load_stats(data_dir).get("image_format", "jpeg")
+    # The deploy step re-predicts the first records' photos; without the manifest's, export them.
+    unreachable = [i for i in ids[:SMOKE_PHOTOS] if i not in uris]
+    photos = outputs.read_photos(data_dir, SPLIT, [ids[r] for r in sample_rows] + unreachable)
+    if unreachable:
+        suffix = "png" if stats.get("image_format") == "png" else "jpg"
         folder = out / "photos"
         folder.mkdir(exist_ok=True)
-        for item_id in smoke_ids:
-            if item_id in photos and item_id not in uris:
-                path = folder / f"{item_id}.{'png' if image_format == 'png' else 'jpg'}"
-                path.write_bytes(photos[item_id])
-                uris[item_id] = str(path.resolve())
+        for item_id in unreachable:
+            path = folder / f"{item_id}.{suffix}"
+            path.write_bytes(photos[item_id])
+            uris[item_id] = str(path.resolve())
 
     with open(out / PREDICTIONS_FILE, "w") as fh:
         for record in outputs.prediction_records(evaluation, uris):
