@@ -406,11 +406,14 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
         val_ds = train_data.make_dataset(data_dir, "validation", tc.batch_size, False, tc)
         done = state.get("stopped_early") or resumed_from >= tc.epochs
         if not done:
+            recal_batch = min(RECALIBRATION_BATCH, n_train)
             clean = train_data.make_dataset(
-                data_dir, "train", min(RECALIBRATION_BATCH, n_train), True, dataclasses.replace(tc, augment=False), True
+                data_dir, "train", recal_batch, True, dataclasses.replace(tc, augment=False), True
             )
+            # At most one pass over a small training split.
+            recal_batches = max(1, min(RECALIBRATION_BATCHES, n_train // recal_batch))
             callbacks = [
-                BatchNormRecalibration(clean, RECALIBRATION_BATCHES),
+                BatchNormRecalibration(clean, recal_batches),
                 EpochCheckpoint(checkpoint_dir, tc.early_stopping_patience, state),
                 ScalarLogger(out / LOG_DIR),
             ]
