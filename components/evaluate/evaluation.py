@@ -90,13 +90,14 @@ def check_predictions(predictions: Mapping[str, np.ndarray], schema: LabelSchema
     for key in PREDICTION_KEYS:
         if len(predictions[key]) != n:
             raise StepError(f"predictions[{key!r}] has {len(predictions[key])} rows, ids has {n}")
-    for level, width in schema.sizes.items():
-        for key in (level, f"true_{level}" if level == "attributes" else None):
-            if key and np.asarray(predictions[key]).shape[1:] != (width,):
-                raise StepError(
-                    f"predictions[{key!r}] has shape {np.asarray(predictions[key]).shape}, the label schema has "
-                    f"{width} {level}: the model was trained on a different label vocabulary than the data's"
-                )
+    widths = {**schema.sizes, "true_attributes": schema.sizes["attributes"]}
+    for key, width in widths.items():
+        if np.asarray(predictions[key]).shape[1:] != (width,):
+            level = key.removeprefix("true_")
+            raise StepError(
+                f"predictions[{key!r}] has shape {np.asarray(predictions[key]).shape}, the label schema has "
+                f"{width} {level}: the model was trained on a different label vocabulary than the data's"
+            )
     for level in LEVELS:
         true = np.asarray(predictions[f"true_{level}"])
         if true.min() < 0 or true.max() >= schema.sizes[level]:
