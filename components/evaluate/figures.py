@@ -82,7 +82,8 @@ def confusion_figure(
             )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    # Long class names can push the axis label past the edge that tight_layout computed.
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return Path(path)
 
