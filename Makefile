@@ -23,7 +23,7 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP) ## Create/refresh the virtual environment (idempotent)
 
 run: setup ## Run the main job end to end on the bundled demo data
-	$(FASHION) ingest --preset demo --out $(WORKDIR)/ingest
+	$(FASHION) run --preset demo --workdir $(WORKDIR)
 
 test: setup ## Install and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -34,7 +34,55 @@ lint: setup ## Ruff lint (docstrings included)
 bench-ingest: setup ## Benchmark ingestion on the full shared zip
 	$(PY) bench/ingest.py --source $(SHARED_ZIP)
 
+bench-preprocess: setup ## Benchmark preprocessing: plain loop vs Beam on 1 and 2 workers (10,000 shared photos)
+	$(PY) bench/preprocess.py
+
+bench-serving: setup ## Benchmark: served gRPC throughput/latency vs the SavedModel in-process
+	$(PY) -m bench.serving --seconds 10
+
+bench-train: setup ## cpu-full accuracy, unified vs independent heads (DATA=preprocess output of the full set)
+	$(PY) -m bench.train_cpu_full --data $(DATA) --out runs/bench-train
+
+bench-train-input: setup ## Training input pipeline vs training-step throughput (DATA=...)
+	$(PY) -m bench.train_input --data $(DATA)
+
+bench-gpu-train: setup ## GPU: unified vs bare ResNet-50 training images/s (JAX backend, bf16, batch 256)
+	KERAS_BACKEND=jax $(PY) -m bench.gpu_train_step --batch-size 256 --precision mixed_bfloat16
+
+bench-evaluate: setup ## Benchmark the evaluate step (MODEL=dir DATA=dir, cpu-full preset)
+	$(PY) -m bench.evaluate --preset cpu-full --model $(MODEL) --data $(DATA)
+
+train: setup ## Train on preprocessed shards: make train DATA=dir OUT=dir PRESET=demo
+	$(FASHION) train --data $(DATA) --out $(OUT) --preset $(or $(PRESET),demo)
+
+evaluate: setup ## Evaluate a model and decide the gate: make evaluate MODEL=dir DATA=dir OUT=dir [PRESET=demo]
+	$(FASHION) evaluate --preset $(or $(PRESET),demo) --model $(MODEL) --data $(DATA) --out $(OUT)
+
+serve: setup ## Serve the model base path over gRPC :8500 and REST :8501 (TF Serving API)
+	$(FASHION) serve --model_base_path $(WORKDIR)/models/fashion --enable_batching=true
+
+mlflow-ui: setup ## Open the MLflow UI on the embedded store of $(WORKDIR)
+	$(FASHION) mlflow-ui --workdir $(WORKDIR)
+
+# Container images and the compiled pipeline for a cluster (README "Run on a cluster").
+IMAGE_REGISTRY ?=
+IMAGE_TAG ?= latest
+IMAGE ?= $(IMAGE_REGISTRY)fashion-classifier:$(IMAGE_TAG)
+GPU_IMAGE ?= $(IMAGE_REGISTRY)fashion-classifier-gpu:$(IMAGE_TAG)
+PRESET ?= demo
+CONFIG ?=
+PIPELINE_YAML ?= pipeline.yaml
+
+images: ## Build the component (CPU + Beam) and GPU training images (IMAGE_REGISTRY=reg/ IMAGE_TAG=v1)
+	DOCKER_BUILDKIT=1 docker build -f infra/docker/component.Dockerfile -t $(IMAGE) .
+	DOCKER_BUILDKIT=1 docker build -f infra/docker/gpu.Dockerfile -t $(GPU_IMAGE) .
+
+compile: setup ## Compile the pipeline to pipeline.yaml for Kubeflow (PRESET=, CONFIG=cluster.yaml)
+	$(FASHION) compile --preset $(PRESET) $(if $(CONFIG),--config $(CONFIG)) --out $(PIPELINE_YAML) \
+		--set pipeline.base_image=$(IMAGE) --set pipeline.gpu_image=$(GPU_IMAGE)
+
 clean: ## Remove run outputs (keeps the virtual environment)
 	rm -rf runs .pytest_cache
 
-.PHONY: help setup run test lint bench-ingest clean
+.PHONY: help setup run test lint bench-ingest bench-preprocess bench-serving bench-train bench-train-input \
+	bench-gpu-train bench-evaluate train evaluate serve mlflow-ui images compile clean
