@@ -66,7 +66,7 @@ def make_example(
         ORIGINAL_HEIGHT: _ints([int(original_size[0])]),
         ORIGINAL_WIDTH: _ints([int(original_size[1])]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def feature_spec(num_attributes: int) -> dict[str, Any]:
