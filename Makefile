@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 SHARED_ZIP ?= ../shared/data/fashion-product-images-small.zip
 PYTEST_ARGS ?=
+# Quieter TensorFlow C++ start-up logs in every step subprocess (set 0 to see them).
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .DEFAULT_GOAL := help
 
