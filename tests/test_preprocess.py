@@ -19,22 +19,13 @@ from components.common.config import load_config
 from components.common.errors import StepError
 from components.common.labels import SPLITS, LabelSchema, assign_split, build_schema
 from components.common.records import load_stats, read_split
+from components.ingest.ingest import MANIFEST_BASE_COLUMNS
 from components.preprocess.options import default_setup_file, pipeline_options
 from components.preprocess.preprocess import resize_images
 from pipeline import cli
 
 ATTRIBUTES = ("baseColour", "season", "usage", "gender")
-COLUMNS = [
-    "id",
-    "image_uri",
-    "split",
-    "category",
-    "subcategory",
-    "category_index",
-    "subcategory_index",
-    "attribute_indices",
-    *ATTRIBUTES,
-]
+COLUMNS = [*MANIFEST_BASE_COLUMNS, *ATTRIBUTES]
 
 
 def write_manifest(rows: list[dict[str, str]], uris: dict[str, str], out_dir: Path) -> LabelSchema:

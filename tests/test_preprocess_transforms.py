@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from components.common import features
+from components.ingest.ingest import MANIFEST_BASE_COLUMNS
 from components.preprocess.stats import CountLabels, LabelRecord
 from components.preprocess.transforms import (
     OK,
@@ -27,17 +28,7 @@ from components.preprocess.transforms import (
     WriteShards,
 )
 
-HEADER = [
-    "id",
-    "image_uri",
-    "split",
-    "category",
-    "subcategory",
-    "category_index",
-    "subcategory_index",
-    "attribute_indices",
-    "gender",
-]
+HEADER = [*MANIFEST_BASE_COLUMNS, "gender"]
 SIZES = {"category": 2, "subcategory": 3, "attributes": 4}
 
 

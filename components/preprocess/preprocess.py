@@ -23,6 +23,7 @@ from components.common import features, storage
 from components.common.config import Config
 from components.common.errors import StepError
 from components.common.labels import SPLITS, LabelSchema
+from components.ingest.ingest import CONFIG_FILE, MANIFEST_FILE
 from components.preprocess.options import is_local, pipeline_options
 from components.preprocess.stats import CountLabels, class_weights
 from components.preprocess.transforms import (
@@ -36,8 +37,6 @@ from components.preprocess.transforms import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.csv"
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass

@@ -173,7 +173,8 @@ class _StageFn(beam.DoFn):
     errors: tuple[type[BaseException], ...] = (ImageError,)
 
     def run(self, item: ImageItem) -> ImageItem:
-        raise NotImplementedError
+        """Transform one item; each stage's subclass defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define run()")
 
     def process(self, item: ImageItem) -> Iterator[Any]:
         try:
