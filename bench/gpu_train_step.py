@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 
 SIZES = {"category": 40, "subcategory": 140, "attributes": 54}
@@ -109,6 +110,9 @@ def main() -> None:
     device = _device()
     print(f"backend {keras.backend.backend()}, device {device}, precision {args.precision}, "
           f"batch {args.batch_size}, {args.image_size}x{args.image_size}", flush=True)  # fmt: skip
+    if ":cpu:" in device and args.batch_size >= 64:
+        print("warning: no GPU is visible to the backend, so this measures the CPU. Under JAX, install the "
+              'CUDA plugin: .venv/bin/pip install "jax[cuda12]==0.10.2"', file=sys.stderr, flush=True)  # fmt: skip
     unified = _unified(args.image_size)
     params = unified.count_params()
     unified_ips = _measure(unified, args.batch_size, args.steps, args.image_size, tuple(SIZES))

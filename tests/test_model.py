@@ -123,7 +123,6 @@ def test_model_module_uses_only_keras_ops():
 
 @pytest.mark.slow
 def test_model_builds_trains_and_predicts_under_the_jax_backend():
-    pytest.importorskip("jax")
     import os
     import subprocess
     import sys

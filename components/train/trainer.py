@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -417,15 +418,20 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
                 EpochCheckpoint(checkpoint_dir, tc.early_stopping_patience, state),
                 ScalarLogger(out / LOG_DIR),
             ]
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                epochs=tc.epochs,
-                initial_epoch=resumed_from,
-                steps_per_epoch=steps,
-                callbacks=callbacks,
-                verbose=_progress_verbosity(),
-            )
+            with warnings.catch_warnings():
+                # The validation split is finite by design: Keras learns its length at the end of
+                # the first validation and warns as if training data had run out.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=tc.epochs,
+                    initial_epoch=resumed_from,
+                    steps_per_epoch=steps,
+                    callbacks=callbacks,
+                    verbose=_progress_verbosity(),
+                    shuffle=False,  # the training dataset shuffles itself (train.shuffle_buffer)
+                )
         if (checkpoint_dir / BEST_WEIGHTS).is_file():
             model.load_weights(checkpoint_dir / BEST_WEIGHTS)
     finally:
