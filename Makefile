@@ -45,6 +45,9 @@ bench-serving: setup ## Benchmark: served gRPC throughput/latency vs the SavedMo
 bench-train: setup ## cpu-full accuracy, unified vs independent heads (DATA=preprocess output of the full set)
 	$(PY) -m bench.train_cpu_full --data $(DATA) --out runs/bench-train
 
+bench-compare-heads: setup ## Paired test of unified vs independent heads (DATA=..., RUN=bench-train output folder)
+	$(PY) -m bench.compare_heads --data $(DATA) --pair $(RUN)/unified $(RUN)/independent
+
 bench-train-input: setup ## Training input pipeline vs training-step throughput (DATA=...)
 	$(PY) -m bench.train_input --data $(DATA)
 
@@ -87,4 +90,4 @@ clean: ## Remove run outputs (keeps the virtual environment)
 	rm -rf runs .pytest_cache
 
 .PHONY: help setup run test lint bench-ingest bench-preprocess bench-serving bench-train bench-train-input \
-	bench-gpu-train bench-evaluate train evaluate serve mlflow-ui images compile clean
+	bench-gpu-train bench-evaluate bench-compare-heads train evaluate serve mlflow-ui images compile clean

@@ -1,0 +1,113 @@
+"""Paired comparison of trained unified models against their independent-heads ablations.
+
+Each `--pair UNIFIED_DIR INDEPENDENT_DIR` is one training run of both heads on the same shards
+(as `bench/train_cpu_full.py` writes them). Both models score the same test photos, so the
+comparison is paired: per level it prints each model's accuracy, with per-level arg-max and with
+joint decoding over the category tree, the photos only one of the two gets right, the exact
+McNemar p-value, and a paired bootstrap 95% interval of the accuracy difference. With several
+pairs it also prints the means over runs.
+
+    .venv/bin/python -m bench.compare_heads --data DATA --pair RUN/unified RUN/independent
+
+Last line: a JSON object with "ratio" = mean unified / mean independent test sub-category
+accuracy (per-level arg-max, the decoding `bench/train_cpu_full.py` reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from components.common.records import load_schema
+from components.evaluate import metrics as m
+from components.train.predict import load_model, predict_split
+
+LEVELS = ("category", "subcategory")
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (binomial, p = 1/2)."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return min(1.0, 2.0 * tail)
+
+
+def bootstrap_interval(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% paired bootstrap interval of mean(a) - mean(b), a and b boolean per photo."""
+    rng = np.random.default_rng(seed)
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    idx = rng.integers(0, len(diff), size=(rounds, len(diff)))
+    means = diff[idx].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def correct_per_photo(pred: dict[str, np.ndarray], allowed: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean per photo and level, for per-level arg-max and for joint decoding."""
+    cat, sub, _ = m.joint_decode(pred["category"].astype(np.float64), pred["subcategory"].astype(np.float64), allowed)
+    out = {}
+    for level, joint in zip(LEVELS, (cat, sub), strict=True):
+        out[f"{level}"] = pred[level].argmax(axis=1) == pred[f"true_{level}"]
+        out[f"{level}_joint"] = joint == pred[f"true_{level}"]
+    return out
+
+
+def compare(unified: dict[str, np.ndarray], independent: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per level and decoding: both accuracies, discordant photos, McNemar p, bootstrap interval."""
+    rows = {}
+    for key in unified:
+        a, b = unified[key], independent[key]
+        only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+        lo, hi = bootstrap_interval(a, b)
+        rows[key] = {
+            "unified": round(float(a.mean()), 4),
+            "independent": round(float(b.mean()), 4),
+            "only_unified": only_a,
+            "only_independent": only_b,
+            "mcnemar_p": round(mcnemar_exact(only_a, only_b), 3),
+            "diff_95": [round(lo, 4), round(hi, 4)],
+        }
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", required=True, help="output folder of `fashion preprocess` the models were trained on"
+    )
+    parser.add_argument("--split", default="test")
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        required=True,
+        metavar=("UNIFIED_DIR", "INDEPENDENT_DIR"),
+        help="model folders of one run of both heads; repeat for several runs",
+    )
+    args = parser.parse_args()
+    schema = load_schema(args.data)
+    allowed = m.allowed_matrix(schema.allowed_pairs(), len(schema.categories), len(schema.subcategories))
+    runs = []
+    for unified_dir, independent_dir in args.pair:
+        preds = [predict_split(load_model(d), args.data, args.split) for d in (unified_dir, independent_dir)]
+        if not np.array_equal(preds[0]["ids"], preds[1]["ids"]):
+            raise SystemExit(f"{unified_dir} and {independent_dir} scored different photos: same --data for both")
+        rows = compare(*(correct_per_photo(p, allowed) for p in preds))
+        runs.append(rows)
+        print(json.dumps({"pair": [unified_dir, independent_dir], "photos": len(preds[0]["ids"]), **rows}), flush=True)
+    means = {
+        key: {h: round(float(np.mean([r[key][h] for r in runs])), 4) for h in ("unified", "independent")}
+        for key in runs[0]
+    }
+    ratio = means["subcategory"]["unified"] / means["subcategory"]["independent"]
+    print(json.dumps({"runs": len(runs), "mean": means, "ratio": round(ratio, 4)}))
+
+
+if __name__ == "__main__":
+    main()
