@@ -24,9 +24,8 @@ import numpy as np
 
 from components.common.records import load_schema
 from components.evaluate import metrics as m
+from components.evaluate.evaluation import LEVELS
 from components.train.predict import load_model, predict_split
-
-LEVELS = ("category", "subcategory")
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -50,10 +49,10 @@ def bootstrap_interval(a: np.ndarray, b: np.ndarray, rounds: int = 2000, seed: i
 
 def correct_per_photo(pred: dict[str, np.ndarray], allowed: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean per photo and level, for per-level arg-max and for joint decoding."""
-    cat, sub, _ = m.joint_decode(pred["category"].astype(np.float64), pred["subcategory"].astype(np.float64), allowed)
+    cat, sub, _ = m.joint_decode(pred["category"], pred["subcategory"], allowed)
     out = {}
     for level, joint in zip(LEVELS, (cat, sub), strict=True):
-        out[f"{level}"] = pred[level].argmax(axis=1) == pred[f"true_{level}"]
+        out[level] = pred[level].argmax(axis=1) == pred[f"true_{level}"]
         out[f"{level}_joint"] = joint == pred[f"true_{level}"]
     return out
 
