@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from components.common.records import load_schema
 from components.evaluate import metrics as m
 from components.evaluate.evaluation import LEVELS
-from components.train.predict import load_model, predict_split
+from components.train.model_folder import load_model, predict_split
+from core.layouts import read_labels
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -90,7 +90,7 @@ def main() -> None:
         help="model folders of one run of both heads; repeat for several runs",
     )
     args = parser.parse_args()
-    schema = load_schema(args.data)
+    schema = read_labels(args.data)
     allowed = m.allowed_matrix(schema.allowed_pairs(), len(schema.categories), len(schema.subcategories))
     runs = []
     for unified_dir, independent_dir in args.pair:

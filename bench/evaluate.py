@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.config import load_config
-from components.common.labels import LabelSchema
-from components.common.records import load_schema, load_stats
+from core.config import load_config
+from core.labels import LabelSchema
+from core.layouts import read_labels, read_stats
 
 
 def _untrained_model(data_dir: str, preset: str, out: Path) -> str:
     from components.train.model import build_model
 
     config = load_config(preset)
-    stats = load_stats(data_dir)
-    schema = load_schema(data_dir)
+    stats = read_stats(data_dir)
+    schema = read_labels(data_dir)
     model = build_model(config.model, schema.sizes, (int(stats["image_height"]), int(stats["image_width"])))
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
@@ -101,13 +101,13 @@ def main() -> None:
         parser.error("give --model DIR or --untrained")
 
     from components.evaluate import evaluate_predictions, write_evaluation
-    from components.train.predict import load_model, predict_split
+    from components.train.model_folder import load_model, predict_split
 
     config = load_config(args.preset)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model or _untrained_model(args.data, args.preset, Path(tmp) / "model")
         out_dir = args.out or str(Path(tmp) / "eval")
-        schema = load_schema(model_dir)
+        schema = read_labels(model_dir)
         started = time.perf_counter()
         model = load_model(model_dir)
         loaded = time.perf_counter()

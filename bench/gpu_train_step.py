@@ -57,8 +57,8 @@ def _bare_resnet(image_size: int):
 
 
 def _unified(image_size: int):
-    from components.common.config import load_config
     from components.train.model import build_model
+    from core.config import load_config
 
     cfg = dataclasses.replace(load_config("paper").model, weights=None, input_height=image_size, input_width=image_size)
     return build_model(cfg, SIZES, (image_size, image_size))
@@ -69,9 +69,9 @@ def _measure(model, batch_size: int, steps: int, image_size: int, outputs: tuple
     import keras
     import numpy as np
 
-    from components.common.config import TrainConfig
     from components.train.losses import WeightedBinaryCrossentropy, WeightedSparseCategoricalCrossentropy
     from components.train.optim import make_optimizer
+    from core.config import TrainConfig
 
     rng = np.random.default_rng(0)
     n = batch_size * steps

@@ -13,8 +13,8 @@ import zipfile
 
 from PIL import Image
 
-from components.common.config import load_config
-from components.ingest.ingest import ingest_catalogue
+from components.ingest.step import ingest_catalogue
+from core.config import load_config
 
 
 def plain_loop(source_zip: str) -> tuple[int, float]:

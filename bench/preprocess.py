@@ -31,14 +31,9 @@ import zipfile
 from collections import defaultdict
 from pathlib import Path
 
-from components.common import features
-from components.common.config import load_config
-from components.common.labels import LabelSchema
-from components.common.storage import StorageError, read_bytes
-from components.ingest.ingest import ingest_catalogue
-from components.preprocess.images import ImageError, decode_image, encode_image, resize_image
-from components.preprocess.preprocess import resize_images
+from components.ingest.step import ingest_catalogue
 from components.preprocess.stats import CountLabels, LabelRecord
+from components.preprocess.step import resize_images
 from components.preprocess.tfrecord import write_records
 from components.preprocess.transforms import (
     canonical_example,
@@ -47,6 +42,11 @@ from components.preprocess.transforms import (
     shard_index,
     shard_name,
 )
+from core import layouts, records
+from core.config import load_config
+from core.images import ImageError, decode_image, encode_image, resize_image
+from core.labels import LabelSchema
+from core.storage import StorageError, read_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ZIP = REPO.parent / "shared" / "data" / "fashion-product-images-small.zip"
@@ -77,7 +77,7 @@ def prepare(source_zip: Path, count: int, work: Path, config) -> Path:
 def plain_loop(manifest_dir: Path, out_dir: Path, config) -> int:
     """The baseline: the pipeline's work as one sequential loop. Returns records written."""
     pre = config.preprocess
-    schema = LabelSchema.load(manifest_dir / features.LABELS_FILE)
+    schema = LabelSchema.load(manifest_dir / layouts.LABELS)
     n_attr = len(schema.attributes)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -101,16 +101,16 @@ def plain_loop(manifest_dir: Path, out_dir: Path, config) -> int:
                 multi_hot[a] = 1
             cat, sub = int(row["category_index"]), int(row["subcategory_index"])
             payload = canonical_example(
-                features.make_example(data, pre.image_format, row["id"], cat, sub, multi_hot, original)
+                records.make_example(data, pre.image_format, row["id"], cat, sub, multi_hot, original)
             )
             by_split[row["split"]].append((row["id"], payload))
             counter.add_input(acc, LabelRecord(row["split"], cat, sub, attrs))
     counter.extract_output(acc)
     written = 0
-    for split, records in by_split.items():
-        total = shard_count(len(records), pre.num_shards)
+    for split, split_records in by_split.items():
+        total = shard_count(len(split_records), pre.num_shards)
         shards: list[list[tuple[str, bytes]]] = [[] for _ in range(total)]
-        for item_id, payload in records:
+        for item_id, payload in split_records:
             shards[shard_index(item_id, total)].append((item_id, payload))
         for index, shard in enumerate(shards):
             shard.sort(key=lambda r: id_sort_key(r[0]))
@@ -146,7 +146,7 @@ def main() -> None:
     print(f"manifest: {rows} photos ({manifest_dir}); CPUs: {os.cpu_count()}")
 
     # Warm the baseline's imports (TensorFlow for make_example) outside its timing.
-    features.make_example(b"", "jpeg", "0", 0, 0, [0], (1, 1))
+    records.make_example(b"", "jpeg", "0", 0, 0, [0], (1, 1))
 
     def cpu() -> float:
         t = os.times()

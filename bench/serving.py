@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.config import load_config
-from serving import export, testing
+from components.register import export
+from core.config import load_config
+from tests.support import serving as testing
 
 
 def closed_loop(make_caller: Callable[[], Callable[[], None]], concurrency: int, seconds: float) -> dict:

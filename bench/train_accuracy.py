@@ -18,11 +18,11 @@ import time
 import numpy as np
 
 from bench.train_arrays import load_arrays, stats_from_arrays
-from components.common.config import load_config, parse_overrides
 from components.train import data as train_data
 from components.train.losses import build_losses
 from components.train.model import build_model
-from components.train.trainer import compile_model, set_seeds
+from components.train.step import compile_model, set_seeds
+from core.config import load_config, parse_overrides
 
 
 def evaluate(model, split: dict, schema, batch_size: int = 256) -> dict[str, float]:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from components.common.config import Config
-from components.common.labels import LabelSchema, assign_split, build_schema
+from core.config import Config
+from core.labels import LabelSchema, assign_split, build_schema
 
 
 def _pad_resize(data: bytes, height: int, width: int) -> np.ndarray:

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from bench.train_accuracy import accuracy_summary
-from components.common.config import load_config, parse_overrides
-from components.common.records import load_schema
-from components.train.predict import load_model, predict_split
-from components.train.trainer import train_model
+from components.train.model_folder import load_model, predict_split
+from components.train.step import train_model
+from core.config import load_config, parse_overrides
+from core.layouts import read_labels
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", default=["unified", "independent"])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
-    schema = load_schema(args.data)
+    schema = read_labels(args.data)
     summary: dict = {}
     for head in args.heads:
         overrides = parse_overrides(args.overrides)

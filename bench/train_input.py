@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.config import load_config
-from components.common.records import load_schema, load_stats
+from core import layouts
+from core.config import load_config
+from core.layouts import read_labels, read_stats
 
 
 def _write_shards(out: Path, count: int) -> Path:
@@ -29,7 +30,7 @@ def _write_shards(out: Path, count: int) -> Path:
     import tensorflow as tf
 
     from bench.train_arrays import load_arrays, stats_from_arrays
-    from components.common import features
+    from core import records
 
     splits, schema = load_arrays("../shared/data/fashion-product-images-small.zip", load_config("cpu-full"),
                                  "/tmp/fashion-arrays.npz")  # fmt: skip
@@ -38,13 +39,13 @@ def _write_shards(out: Path, count: int) -> Path:
         with tf.io.TFRecordWriter(str(out / f"{split}-00000-of-00001.tfrecord")) as writer:
             for i in range(len(train["ids"])):
                 jpeg = tf.io.encode_jpeg(train["images"][i], quality=95).numpy()
-                writer.write(features.make_example(jpeg, "jpeg", str(train["ids"][i]), int(train["category"][i]),
+                writer.write(records.make_example(jpeg, "jpeg", str(train["ids"][i]), int(train["category"][i]),
                              int(train["subcategory"][i]), train["attributes"][i].tolist(), (80, 60)))  # fmt: skip
     stats = {"image_height": 80, "image_width": 60, "image_format": "jpeg", "compression": "none",
              "splits": {"train": {"count": count}}, "labels": schema.to_dict(),
              **stats_from_arrays({"train": train}, schema)}  # fmt: skip
-    (out / features.STATS_FILE).write_text(json.dumps(stats))
-    schema.save(out / features.LABELS_FILE)
+    (out / layouts.STATS).write_text(json.dumps(stats))
+    schema.save(out / layouts.LABELS)
     return out
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     from components.train.data import make_dataset
     from components.train.losses import build_losses
     from components.train.model import build_model
-    from components.train.trainer import compile_model
+    from components.train.step import compile_model
 
     config = load_config(args.preset)
     tc = config.train
@@ -73,7 +74,7 @@ def main() -> None:
         pipeline_ips = args.batches * tc.batch_size / (time.perf_counter() - start)
         print(f"input pipeline (read, decode, shuffle, augment): {pipeline_ips:,.0f} images/s", flush=True)
 
-        stats, schema = load_stats(data), load_schema(data)
+        stats, schema = read_stats(data), read_labels(data)
         model = build_model(config.model, schema.sizes, (80, 60))
         compile_model(model, tc, build_losses(stats, schema.sizes, tc.class_weight_power), 100)
         x = np.asarray(images)

@@ -14,9 +14,9 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from components.common.config import PRESETS, ConfigError, load_config, parse_overrides
-from components.common.errors import StepError
-from components.common.storage import StorageError
+from core.config import PRESETS, ConfigError, load_config, parse_overrides
+from core.errors import StepError
+from core.storage import StorageError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from components.common.config import Config
-from components.common.errors import StepError
+from core.config import Config
+from core.errors import StepError
 from pipeline.params import pipeline_arguments
 
 log = logging.getLogger(__name__)

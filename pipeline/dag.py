@@ -8,7 +8,7 @@ No `from __future__ import annotations` here: kfp reads the pipeline's parameter
 
 from kfp import dsl
 
-from components.common.config import Config
+from core.config import Config
 from pipeline.params import pipeline_arguments
 from pipeline.steps import build_components
 

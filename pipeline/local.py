@@ -30,16 +30,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
-from components.common.config import Config
-from components.common.errors import StepError
+from core import layouts, storage
+from core.config import Config
+from core.errors import StepError
 from pipeline.params import model_config_uri, pipeline_arguments
 
 log = logging.getLogger(__name__)
 
 STEP_ORDER = ("ingest-images", "resize-images", "train-model", "evaluate-model", "register-model", "deploy-model")
 GATED_STEPS = ("register-model", "deploy-model")
-SERVER_FILE = "server.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _TASK = r"'([A-Za-z0-9_.-]+)'"
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (.+)$")
@@ -278,7 +277,7 @@ def _port_open(host: str, port: int) -> bool:
 
 
 def _server_file(workdir: str | Path) -> Path:
-    return Path(workdir) / "serving" / SERVER_FILE
+    return Path(workdir) / "serving" / layouts.SERVER_STATE
 
 
 def running_server(workdir: str | Path) -> ServerHandle | None:
@@ -649,7 +648,7 @@ def run_and_serve(
 
 def predict_photo(server: ServerHandle, photo: str | Path, timeout_s: float = 30.0) -> dict[str, Any]:
     """One real gRPC Predict call for `photo` to the version labelled `stable` (the champion)."""
-    from components.deploy.deploy import STABLE_LABEL
+    from components.deploy.step import STABLE_LABEL
     from serving.client import PredictionClient
 
     with PredictionClient(server.grpc_address, server.model_name, label=STABLE_LABEL, timeout_s=timeout_s) as client:

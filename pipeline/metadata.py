@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import StepError
+from core import layouts
+from core.errors import StepError
 
 
 def _read_json(path: Path) -> Any:
@@ -24,7 +25,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _labels(folder: Path) -> dict[str, Any]:
-    labels = _read_json(folder / "labels.json") or {}
+    labels = _read_json(folder / layouts.LABELS) or {}
     out: dict[str, Any] = {}
     for level in ("categories", "subcategories", "attributes"):
         values = labels.get(level)
@@ -38,7 +39,7 @@ def describe_manifest(result: Any) -> dict[str, Any]:
     """Counts, splits and label vocabularies of an ingest run (its `IngestResult`)."""
     report = result.report
     accounting = report.get("accounting") or {}
-    meta: dict[str, Any] = {"format": "manifest.csv", "source": report.get("source", "")}
+    meta: dict[str, Any] = {"format": layouts.MANIFEST, "source": report.get("source", "")}
     meta.update(_labels(Path(result.out_dir)))
     meta.update({k: accounting[k] for k in ("rows", "images", "usable") if k in accounting})
     usable = report.get("usable") or {}
@@ -66,10 +67,10 @@ def describe_examples(result: Any) -> dict[str, Any]:
 def describe_model(result: Any, config: Any) -> dict[str, Any]:
     """Framework, backbone, input size and training outcome of a training run (its `TrainResult`)."""
     folder = Path(result.model_dir)
-    model_config = _read_json(folder / "model_config.json") or {}
+    model_config = _read_json(folder / layouts.MODEL_CONFIG) or {}
     meta: dict[str, Any] = {
         "framework": "keras",
-        "file": "model.keras",
+        "file": layouts.MODEL,
         "backbone": config.model.backbone,
         "head": config.model.head,
         "epochs": result.epochs_run,
@@ -96,7 +97,7 @@ def _scalars(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
 
 
 def _confusion(evaluation: Path) -> tuple[list[str], list[list[int]]] | None:
-    data = _read_json(evaluation / "classification_metrics.json")
+    data = _read_json(evaluation / layouts.CLASSIFICATION_METRICS)
     if isinstance(data, Mapping) and data.get("labels") and data.get("matrix"):
         return [str(x) for x in data["labels"]], [[int(v) for v in row] for row in data["matrix"]]
     return None
@@ -124,7 +125,7 @@ def record_evaluation(result: Any, evaluation, metrics, confusion, report, summa
     if matrix is not None:
         labels, rows = matrix
         confusion.log_confusion_matrix(labels, rows)
-    for src, artifact in (("report.html", report), ("report.md", summary)):
+    for src, artifact in ((layouts.REPORT_HTML, report), (layouts.REPORT_MD, summary)):
         if not (folder / src).is_file():
             raise StepError(f"{folder / src}: the evaluate step wrote no {src}")
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
@@ -174,5 +175,5 @@ def describe_deployment(result: Any, config: Any, deployment_dir: str | Path) ->
     }
     folder = Path(deployment_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "deployment.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (folder / layouts.DEPLOYMENT).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta

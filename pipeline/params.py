@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from components.common import storage
-from components.common.config import Config, load_config
+from core import storage
+from core.config import Config, load_config
 
 MODEL_CONFIG_FILE = "models.config"
 

@@ -13,12 +13,12 @@ artifact annotations of these functions as real types.
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components.common.config import PipelineConfig
+from core.config import PipelineConfig
 
 
 def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Output[Dataset]):
     """Check and label the catalogue at `source_uri`; the manifest folder is the output Dataset."""
-    from components.ingest import ingest
+    from components.ingest import step as ingest
     from pipeline.metadata import describe_manifest
     from pipeline.params import step_config
 
@@ -35,7 +35,7 @@ def resize_images(
     (`--runner=DataflowRunner --project=... --region=... --temp_location=gs://...`) run the same
     pipeline on Dataflow workers.
     """
-    from components.preprocess import preprocess
+    from components.preprocess import step as preprocess
     from pipeline.metadata import describe_examples
     from pipeline.params import step_config
 
@@ -46,7 +46,7 @@ def resize_images(
 
 def train_model(preset: str, overrides: dict, examples: Input[Dataset], model: Output[Model]):
     """Train the unified network on the shards; the model folder is the output Model."""
-    from components.train import trainer
+    from components.train import step as trainer
     from pipeline.metadata import describe_model
     from pipeline.params import step_config
 
@@ -124,8 +124,9 @@ def deploy_model(
     """Publish the registered challenger under the model base path, verify the live endpoint, then promote it."""
     import os
 
-    from components.deploy import deploy
+    from components.deploy import step as deploy
     from components.register import Registry
+    from core import layouts
     from pipeline.metadata import describe_deployment
     from pipeline.params import model_config_uri, step_config
 
@@ -143,7 +144,7 @@ def deploy_model(
         config,
         f"{serving.host}:{serving.grpc_port}",
         model_config_uri(serving.model_base_path),
-        predictions_path=os.path.join(evaluation.path, "predictions.jsonl"),
+        predictions_path=os.path.join(evaluation.path, layouts.PREDICTIONS),
     )
     deployment.metadata.update(describe_deployment(result, config, deployment.path))
 

@@ -15,8 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from components.common.labels import ATTRIBUTE_SEPARATOR
-from serving import signature as sig
+from serving import contract as sig
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def format_predictions(outputs: dict[str, np.ndarray], attribute_threshold: floa
         scores = [float(s) for s in outputs[sig.ATTRIBUTE_SCORES][i]]
         groups: dict[str, dict] = {}
         for name, score in zip(names, scores, strict=True):
-            group, _, value = name.partition(ATTRIBUTE_SEPARATOR)
+            group, _, value = name.partition(sig.ATTRIBUTE_SEPARATOR)
             if group not in groups:
                 groups[group] = {"value": value, "score": round(score, 6)}
         results.append(
@@ -123,7 +122,7 @@ class PredictionClient:
         """One Predict call with a batch of encoded photos; raises grpc.RpcError on failure."""
         from tensorflow_serving.apis import predict_pb2
 
-        from serving.server.tensors import from_proto, to_proto
+        from serving.tensors import from_proto, to_proto
 
         request = predict_pb2.PredictRequest(model_spec=self.model_spec())
         request.inputs[sig.INPUT_KEY].CopyFrom(to_proto(np.array(list(photos), dtype=object)))

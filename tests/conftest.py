@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ZIP = REPO.parent / "shared" / "data" / "fashion-product-images-small.zip"
@@ -14,11 +15,6 @@ DEMO_DIR = REPO / "data" / "demo"
 SAMPLES_DIR = REPO / "data" / "samples"
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +44,7 @@ def gcs_emulator():
     """
     from gcp_storage_emulator.server import create_server
 
-    from components.common import storage
+    from core import storage
 
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)

@@ -8,10 +8,11 @@ import grpc
 import pytest
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
+from components.register import export
 from pipeline.cli import main
-from serving import export, testing
-from serving import signature as sig
+from serving import contract as sig
 from serving.client import PredictionClient, format_predictions
+from tests.support import serving as testing
 
 pytestmark = pytest.mark.server
 

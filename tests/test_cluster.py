@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from components.common.errors import StepError
+from core.errors import StepError
 from pipeline.cli import main
 from pipeline.cluster import kfp_cron
-from tests.kfp_api_stub import KfpApiStub
+from tests.support.kfp_api_stub import KfpApiStub
 
 
 @pytest.fixture

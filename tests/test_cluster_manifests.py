@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.config import PipelineConfig
+from core.config import PipelineConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "infra" / "docker"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import PRESETS, Config, ConfigError, config_from_dict, load_config, parse_overrides
+from core.config import PRESETS, Config, ConfigError, config_from_dict, load_config, parse_overrides
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import yaml
 
-from components.common.config import load_config
+from core.config import load_config
 from pipeline.cli import main
 from pipeline.params import config_overrides, pipeline_arguments, step_config
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import load_config
-from components.common.errors import StepError
-from components.deploy.deploy import deploy_model, rollback_model
+from components.deploy.step import deploy_model, rollback_model
+from components.register import export
 from components.register.registry import Registry
+from core.config import load_config
+from core.errors import StepError
 from pipeline.cli import main
-from serving import export, testing
 from serving.client import PredictionClient
+from tests.support import serving as testing
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from components.common import features
-from components.common.config import load_config
-from components.common.errors import StepError
-from components.common.labels import LabelSchema
 from components.evaluate import evaluate_model, evaluate_predictions
 from components.evaluate.outputs import select_samples
+from core import layouts, records
+from core.config import load_config
+from core.errors import StepError
+from core.labels import LabelSchema
 from pipeline import cli
-from serving.testing import tiny_schema
+from tests.support.serving import tiny_schema
 
 HEIGHT, WIDTH = 16, 12
 # Categories: Bags, Bottomwear, Shoes, Topwear. Sub-categories: Backpacks, Casual Shoes, Handbags,
@@ -124,7 +124,7 @@ def write_shards(
         with tf.io.TFRecordWriter(str(data_dir / name)) as writer:
             for item_id, photo, cat, sub, attrs in half:
                 multi_hot = [1 if j in attrs else 0 for j in range(len(schema.attributes))]
-                writer.write(features.make_example(photo, image_format, item_id, cat, sub, multi_hot, size))
+                writer.write(records.make_example(photo, image_format, item_id, cat, sub, multi_hot, size))
     stats = {
         "image_height": size[0],
         "image_width": size[1],
@@ -139,8 +139,8 @@ def write_shards(
         },
         "labels": schema.to_dict(),
     }
-    (data_dir / features.STATS_FILE).write_text(json.dumps(stats))
-    schema.save(data_dir / features.LABELS_FILE)
+    (data_dir / layouts.STATS).write_text(json.dumps(stats))
+    schema.save(data_dir / layouts.LABELS)
     return data_dir
 
 
@@ -163,7 +163,7 @@ def colour_run(tmp_path_factory):
     model_dir = root / "model"
     model_dir.mkdir()
     _colour_model(schema).save(model_dir / "model.keras")
-    schema.save(model_dir / features.LABELS_FILE)
+    schema.save(model_dir / layouts.LABELS)
     return {"root": root, "data": data_dir, "model": model_dir, "schema": schema, "items": items}
 
 
@@ -247,7 +247,7 @@ def test_predictions_jsonl_has_one_record_per_product_with_labels_scores_and_pho
     assert rows[0]["attribute_scores"]["gender=Men"] == pytest.approx(0.6, abs=1e-4)
     assert rows[0]["correct"] is True
 
-    from components.deploy.deploy import load_expected
+    from components.deploy.step import load_expected
 
     expected = load_expected(out / "predictions.jsonl", limit=3)
     assert [e["category"] for e in expected] == ["Topwear", "Topwear", "Bottomwear"]
@@ -332,7 +332,7 @@ def test_a_model_of_another_label_vocabulary_is_refused(colour_run, tmp_path):
     other.subcategories = [*other.subcategories[:-1], "Tops"]
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    other.save(model_dir / features.LABELS_FILE)
+    other.save(model_dir / layouts.LABELS)
     with pytest.raises(StepError, match="different subcategories.*model only: \\['Tops'\\]"):
         evaluate_model(str(model_dir), str(colour_run["data"]), str(tmp_path / "out"), load_config("ci"))
 
@@ -359,7 +359,7 @@ def _demo_items(demo_dir: Path, schema: LabelSchema, limit: int = 16) -> list[tu
 
 
 def test_the_trainers_network_on_real_photos_without_a_manifest(demo_dir, tmp_path):
-    from serving.testing import make_model_dir
+    from tests.support.serving import make_model_dir
 
     schema = tiny_schema()
     items = _demo_items(demo_dir, schema)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.common.errors import StepError
-from serving import export, testing
-from serving import signature as sig
+from components.register import export
+from components.train.model_folder import load_model
+from core.errors import StepError
+from serving import contract as sig
+from tests.support import serving as testing
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,8 @@ def test_export_agrees_with_the_keras_model_on_real_photos(exported, samples_dir
     serve = tf.saved_model.load(version_dir).signatures[sig.SIGNATURE_NAME]
     out = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(photos)).items()}
 
-    keras_model = export.load_keras_model(model_dir)
-    # The trainer reads the stored photos with TensorFlow's decoder (components.common.records).
+    keras_model = load_model(model_dir)
+    # The trainer reads the stored photos with TensorFlow's decoder (core.records).
     images = np.stack([tf.io.decode_image(p, channels=3).numpy() for p in photos])
     expected = keras_model.predict(images, verbose=0)
     schema = testing.tiny_schema()
@@ -114,7 +116,7 @@ def test_serving_resize_matches_the_preprocess_step(samples_dir, size, mode):
     import tensorflow as tf
     from PIL import Image
 
-    from components.preprocess.images import resize_image
+    from core.images import resize_image
 
     photo = Image.open(next(iter(sorted(samples_dir.glob("*.jpg"))))).convert("RGB").resize(size)
     buf = io.BytesIO()

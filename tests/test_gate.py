@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from components.common.config import load_config
 from components.evaluate import decide
+from core.config import load_config
 
 FLOORS = {"category_accuracy": 0.90, "subcategory_accuracy": 0.80}
 TOLERANCES = {"category_accuracy": 0.01, "subcategory_accuracy": 0.01}

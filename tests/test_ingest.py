@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import load_config
-from components.common.errors import StepError
 from components.ingest.catalog import read_catalog
-from components.ingest.images import check_image_bytes
-from components.ingest.ingest import ingest_catalogue, read_manifest
+from components.ingest.checks import check_image_bytes
+from components.ingest.step import ingest_catalogue, read_manifest
+from core.config import load_config
+from core.errors import StepError
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 

@@ -1,9 +1,9 @@
 import pytest
 
-from components.common import storage
-from components.common.config import load_config
-from components.common.errors import StepError
-from components.ingest.ingest import ingest_catalogue, read_manifest
+from components.ingest.step import ingest_catalogue, read_manifest
+from core import storage
+from core.config import load_config
+from core.errors import StepError
 
 pytestmark = pytest.mark.gcs
 

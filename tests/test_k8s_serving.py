@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.common.config import ServingConfig
-from serving import export, testing
+from components.register import export
+from core.config import ServingConfig
 from serving.client import PredictionClient
 from serving.server import config as server_config
+from tests.support import serving as testing
 
 K8S = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "serving"
 MOUNT = "/etc/fashion-serving"

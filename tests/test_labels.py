@@ -1,4 +1,4 @@
-from components.common.labels import SPLITS, LabelSchema, assign_split, build_schema
+from core.labels import SPLITS, LabelSchema, assign_split, build_schema
 
 ROWS = [
     {"id": "1", "sub": "Topwear", "art": "Tshirts", "season": "Summer", "gender": "Men"},

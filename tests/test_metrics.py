@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from components.common.errors import StepError
 from components.evaluate import evaluate_predictions
 from components.evaluate import metrics as m
-from serving.testing import tiny_schema
+from core.errors import StepError
+from tests.support.serving import tiny_schema
 
 
 def _random_multiclass(seed: int, n: int = 300, k: int = 7):

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from components.common.config import ModelConfig, load_config
-from components.common.errors import StepError
 from components.train.model import build_model
+from core.config import ModelConfig, load_config
+from core.errors import StepError
 
 SIZES = {"category": 5, "subcategory": 9, "attributes": 7}
 CI_MODEL = load_config("ci").model
@@ -76,7 +76,7 @@ def test_outputs_stay_float32_under_mixed_precision():
 
 
 def test_saved_model_file_round_trips(tmp_path):
-    from components.train.predict import load_model
+    from components.train.model_folder import load_model
 
     model = build_model(
         dataclasses.replace(CI_MODEL, backbone="resnet50", input_height=32, input_width=32), SIZES, (80, 60)
@@ -129,7 +129,7 @@ def test_model_builds_trains_and_predicts_under_the_jax_backend():
 
     script = (
         "import numpy as np, keras;"
-        "from components.common.config import load_config;"
+        "from core.config import load_config;"
         "from components.train.model import build_model;"
         "m = build_model(load_config('ci').model, {'category': 3, 'subcategory': 4, 'attributes': 5}, (80, 60));"
         "m.compile('adam', {'category': 'sparse_categorical_crossentropy',"

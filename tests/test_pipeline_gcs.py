@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from components.common import storage
-from components.common.config import load_config
 from components.register import Registry
 from components.register.backend import embedded_backend
+from core import storage
+from core.config import load_config
 from pipeline.local import run_and_serve, stop_server
-from tests.conftest import free_port
-from tests.test_pipeline_local import make_catalogue
+from tests.support.catalogue import make_catalogue
+from tests.support.ports import free_port
 
 BUCKETS = ("fashion-source", "fashion-pipeline", "fashion-mlflow", "fashion-models")
 

@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import shutil
 from pathlib import Path
 
 import pytest
 
-from components.common.config import load_config
 from components.register import Registry
+from core.config import load_config
 from pipeline.cli import main
 from pipeline.local import format_summary, run_and_serve, stop_server
-from tests.conftest import free_port
-
-CLASSES = ("Tshirts", "Jeans", "Watches", "Casual Shoes")
-PER_CLASS = 12
-
-
-def make_catalogue(demo_dir: Path, out: Path, classes=CLASSES, per_class=PER_CLASS) -> Path:
-    """A small real catalogue in the Kaggle layout, cut from the bundled demo photos."""
-    with open(demo_dir / "styles.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    picked = [r for c in classes for r in [r for r in rows if r["articleType"] == c][:per_class]]
-    (out / "images").mkdir(parents=True)
-    with open(out / "styles.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(picked)
-    for row in picked:
-        shutil.copy(demo_dir / "images" / f"{row['id']}.jpg", out / "images")
-    return out
+from tests.support.catalogue import CLASSES, PER_CLASS, make_catalogue
+from tests.support.ports import free_port
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from kfp import dsl
 
-from components.common.errors import StepError
+from core.errors import StepError
 from pipeline import steps
 from pipeline.dag import CACHED_STEPS, DISPLAY_NAMES, RETRIED_STEPS
-from tests.test_pipeline_local import make_catalogue
+from tests.support.catalogue import make_catalogue
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,15 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from components.common import features
-from components.common.config import load_config
-from components.common.errors import StepError
-from components.common.labels import SPLITS, LabelSchema, assign_split, build_schema
-from components.common.records import load_stats, read_split
-from components.ingest.ingest import MANIFEST_BASE_COLUMNS
+from components.ingest.step import MANIFEST_BASE_COLUMNS
 from components.preprocess.options import default_setup_file, pipeline_options
-from components.preprocess.preprocess import resize_images
+from components.preprocess.step import resize_images
+from core import layouts
+from core.config import load_config
+from core.errors import StepError
+from core.labels import SPLITS, LabelSchema, assign_split, build_schema
+from core.layouts import read_stats
+from core.records import read_split
 from pipeline import cli
 
 ATTRIBUTES = ("baseColour", "season", "usage", "gender")
@@ -32,7 +33,7 @@ def write_manifest(rows: list[dict[str, str]], uris: dict[str, str], out_dir: Pa
     """An ingest-style output folder (manifest.csv + labels.json) for catalogue rows and their photo URIs."""
     schema = build_schema(rows, "subCategory", "articleType", ATTRIBUTES)
     out_dir.mkdir(parents=True, exist_ok=True)
-    schema.save(out_dir / features.LABELS_FILE)
+    schema.save(out_dir / layouts.LABELS)
     with open(out_dir / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
@@ -99,7 +100,7 @@ def test_every_manifest_row_is_written_or_rejected(corrupt_run):
 
 def test_rejects_report_names_each_broken_photo(corrupt_run):
     out = corrupt_run["root"] / "out"
-    rejects = [json.loads(line) for line in (out / features.REJECTS_FILE).read_text().splitlines()]
+    rejects = [json.loads(line) for line in (out / layouts.REJECTS).read_text().splitlines()]
     stages = {r["id"]: r["stage"] for r in rejects}
     bad = corrupt_run["bad"]
     assert stages == {i: ("read" if kind == "missing" else "decode") for i, kind in bad.items()}
@@ -110,7 +111,7 @@ def test_rejects_report_names_each_broken_photo(corrupt_run):
 def test_shards_read_back_with_labels_and_size(corrupt_run):
     out = corrupt_run["root"] / "out"
     manifest = corrupt_run["manifest"]
-    schema = LabelSchema.load(out / features.LABELS_FILE)
+    schema = LabelSchema.load(out / layouts.LABELS)
     seen = {}
     for split in SPLITS:
         for ex in read_split(out, split).as_numpy_iterator():
@@ -131,8 +132,8 @@ def test_shards_read_back_with_labels_and_size(corrupt_run):
 
 def test_stats_hold_counts_weights_and_labels(corrupt_run):
     out = corrupt_run["root"] / "out"
-    stats = load_stats(out)
-    schema = LabelSchema.load(out / features.LABELS_FILE)
+    stats = read_stats(out)
+    schema = LabelSchema.load(out / layouts.LABELS)
     assert stats["labels"] == schema.to_dict()
     assert (stats["image_height"], stats["image_width"], stats["image_format"]) == (80, 60, "jpeg")
     assert [len(stats["splits"][s]["files"]) for s in SPLITS] == [3, 3, 3]
@@ -157,7 +158,7 @@ def test_too_many_rejects_fail_with_a_clear_message(demo_dir, tmp_path):
     write_manifest(rows, uris, tmp_path / "ingest")
     with pytest.raises(StepError, match=r"1 of 8 photos rejected .*max_reject_fraction.*rejects.jsonl"):
         resize_images(str(tmp_path / "ingest"), str(tmp_path / "out"), config(max_reject_fraction=0.1))
-    rejects = (tmp_path / "out" / features.REJECTS_FILE).read_text().splitlines()
+    rejects = (tmp_path / "out" / layouts.REJECTS).read_text().splitlines()
     assert [json.loads(r)["id"] for r in rejects] == [rows[0]["id"]]
 
 
@@ -181,7 +182,7 @@ def test_cli_gzip_png_at_another_size(demo_dir, tmp_path, capsys):
     ]
     images = list(read_split(out, "train").as_numpy_iterator())
     assert images and all(ex["image"].shape == (40, 32, 3) for ex in images)
-    stats = load_stats(out)
+    stats = read_stats(out)
     assert (stats["compression"], stats["image_format"], stats["image_height"]) == ("gzip", "png", 40)
 
 
@@ -219,7 +220,7 @@ def test_reads_photos_from_gcs(gcs_emulator, demo_dir, tmp_path):
     write_manifest(rows, uris, tmp_path / "ingest")
     result = resize_images(str(tmp_path / "ingest"), str(tmp_path / "out"), config(max_reject_fraction=0.5))
     assert (result.records, result.rejected) == (5, 1)
-    assert "object not found" in (tmp_path / "out" / features.REJECTS_FILE).read_text()
+    assert "object not found" in (tmp_path / "out" / layouts.REJECTS).read_text()
 
 
 def test_local_runs_use_the_configured_workers():

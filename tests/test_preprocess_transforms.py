@@ -11,8 +11,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from components.common import features
-from components.ingest.ingest import MANIFEST_BASE_COLUMNS
+from components.ingest.step import MANIFEST_BASE_COLUMNS
 from components.preprocess.stats import CountLabels, LabelRecord
 from components.preprocess.transforms import (
     OK,
@@ -27,6 +26,7 @@ from components.preprocess.transforms import (
     ToExamples,
     WriteShards,
 )
+from core import records
 
 HEADER = [*MANIFEST_BASE_COLUMNS, "gender"]
 SIZES = {"category": 2, "subcategory": 3, "attributes": 4}
@@ -136,14 +136,14 @@ def test_to_examples_writes_the_shared_record_contract():
     items = [item("42", data=b"jpeg-bytes", original_size=(80, 60), attributes=(1, 3))]
 
     def parse(rec: ExampleRecord):
-        ex = tf.io.parse_single_example(rec.payload, features.feature_spec(4))
+        ex = tf.io.parse_single_example(rec.payload, records.feature_spec(4))
         return (
             rec.split,
             rec.id,
-            ex[features.ID].numpy(),
-            int(ex[features.SUBCATEGORY]),
-            ex[features.ATTRIBUTES].numpy().tolist(),
-            int(ex[features.ORIGINAL_HEIGHT]),
+            ex[records.ID].numpy(),
+            int(ex[records.SUBCATEGORY]),
+            ex[records.ATTRIBUTES].numpy().tolist(),
+            int(ex[records.ORIGINAL_HEIGHT]),
             rec.labels,
         )
 

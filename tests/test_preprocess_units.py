@@ -8,9 +8,9 @@ import io
 import pytest
 from PIL import Image
 
-from components.common import features
-from components.common.labels import LabelSchema
-from components.preprocess import images, stats, tfrecord, transforms
+from components.preprocess import stats, tfrecord, transforms
+from core import images, layouts, records
+from core.labels import LabelSchema
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_tfrecord_framing_is_readable_by_tensorflow(tmp_path):
 def test_canonical_example_is_byte_stable_and_equal():
     import tensorflow as tf
 
-    raw = features.make_example(b"img", "jpeg", "7", 1, 2, [0, 1, 0], (80, 60))
+    raw = records.make_example(b"img", "jpeg", "7", 1, 2, [0, 1, 0], (80, 60))
     canon = transforms.canonical_example(raw)
     assert tf.train.Example.FromString(canon) == tf.train.Example.FromString(raw)
     assert transforms.canonical_example(canon) == canon
@@ -112,8 +112,8 @@ def test_canonical_example_is_byte_stable_and_equal():
 
 def test_shard_names_match_the_readers_glob():
     assert transforms.shard_name("train", 3, 8, "none") == "train-00003-of-00008.tfrecord"
-    assert fnmatch.fnmatch(transforms.shard_name("train", 3, 8, "none"), features.shard_pattern("train", "none"))
-    assert fnmatch.fnmatch(transforms.shard_name("test", 0, 1, "gzip"), features.shard_pattern("test", "gzip"))
+    assert fnmatch.fnmatch(transforms.shard_name("train", 3, 8, "none"), layouts.shard_pattern("train", "none"))
+    assert fnmatch.fnmatch(transforms.shard_name("test", 0, 1, "gzip"), layouts.shard_pattern("test", "gzip"))
 
 
 def test_shard_count_auto_and_configured():

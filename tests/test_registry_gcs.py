@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from components.common.config import load_config
-from components.common.errors import StepError
 from components.register import Registry, register_model
 from components.register.backend import embedded_backend
-from tests.fixtures.mlflow_fixtures import (
+from core.config import load_config
+from core.errors import StepError
+from tests.support.mlflow import (
     copy_export,
     make_eval_dir,
     make_model_and_export,

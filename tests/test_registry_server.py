@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from components.common.config import load_config
 from components.register import Registry, register_model
-from tests.fixtures.mlflow_fixtures import (
+from core.config import load_config
+from tests.support.mlflow import (
     copy_export,
     make_eval_dir,
     make_model_and_export,

@@ -10,11 +10,12 @@ import grpc
 import numpy as np
 import pytest
 
-from components.common.config import load_config
-from serving import export, testing
+from components.register import export
+from core.config import load_config
 from serving.client import PredictionClient
 from serving.server import config as server_config
 from serving.server.batching import BatchScheduler
+from tests.support import serving as testing
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

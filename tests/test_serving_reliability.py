@@ -21,9 +21,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import export, testing
-from serving import signature as sig
+from components.register import export
+from serving import contract as sig
 from serving.client import PredictionClient
+from tests.support import serving as testing
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from test_train_shards import write_shards
 
-from components.common.config import load_config
-from components.common.errors import StepError
 from components.train.losses import WeightedBinaryCrossentropy, WeightedSparseCategoricalCrossentropy, build_losses
+from core.config import load_config
+from core.errors import StepError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +66,8 @@ def test_stats_that_disagree_with_the_schema_are_a_clear_error(shards):
 
 @pytest.mark.slow
 def test_ci_training_reduces_loss_and_writes_the_model_folder(shards, tmp_path):
-    from components.train.predict import load_model, predict_split
-    from components.train.trainer import train_model
+    from components.train.model_folder import load_model, predict_split
+    from components.train.step import train_model
 
     config = load_config("ci", overrides={"train": {"epochs": 4}})
     result = train_model(str(shards), str(tmp_path / "model"), config)
@@ -129,7 +129,7 @@ def test_killed_training_resumes_from_last_epoch_and_finishes(shards, tmp_path):
 
 
 def test_checkpoints_of_another_configuration_are_not_resumed(shards, tmp_path):
-    from components.train.trainer import train_model
+    from components.train.step import train_model
 
     out = tmp_path / "model"
     train_model(str(shards), str(out), load_config("ci", overrides={"train": {"epochs": 1, "steps_per_epoch": 2}}))
@@ -165,7 +165,7 @@ def test_batchnorm_recalibration_makes_inference_match_batch_statistics(shards):
 
     from components.train.data import make_dataset
     from components.train.model import build_model
-    from components.train.trainer import recalibrate_batchnorm
+    from components.train.step import recalibrate_batchnorm
 
     config = load_config("ci")
     model = build_model(dataclasses.replace(config.model, dropout=0.0), {"category": 3, "subcategory": 4,

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.common import features
-from components.common.config import TrainConfig
-from components.common.labels import SPLITS, assign_split, build_schema
+from core import layouts, records
+from core.config import TrainConfig
+from core.labels import SPLITS, assign_split, build_schema
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "data" / "demo"
 ARTICLE_TYPES = ("Tshirts", "Casual Shoes", "Watches", "Handbags")
@@ -55,7 +55,7 @@ def write_shards(out_dir: Path, per_type: int = 40, article_types: tuple[str, ..
         multi = np.zeros(len(schema.attributes), dtype=np.int64)
         multi[attrs] = 1
         image, original = _encode(DEMO_DIR / "images" / f"{r['id']}.jpg")
-        by_split[split].append(features.make_example(image, "jpeg", r["id"], cat, sub, multi.tolist(), original))
+        by_split[split].append(records.make_example(image, "jpeg", r["id"], cat, sub, multi.tolist(), original))
         labels[split].append((cat, sub, multi))
     files = {}
     for split, examples in by_split.items():
@@ -90,8 +90,8 @@ def write_shards(out_dir: Path, per_type: int = 40, article_types: tuple[str, ..
         "positive": (n / (2 * np.maximum(pos, 1))).tolist(),
         "negative": (n / (2 * np.maximum(n - pos, 1))).tolist(),
     }
-    (out_dir / features.STATS_FILE).write_text(json.dumps(stats, indent=1))
-    schema.save(out_dir / features.LABELS_FILE)
+    (out_dir / layouts.STATS).write_text(json.dumps(stats, indent=1))
+    schema.save(out_dir / layouts.LABELS)
     return out_dir
 
 
@@ -116,8 +116,8 @@ def test_training_batches_are_full_uint8_images_with_labels(shards):
 
 
 def test_evaluation_split_is_neither_shuffled_nor_augmented(shards):
-    from components.common.records import read_split
     from components.train.data import make_dataset
+    from core.records import read_split
 
     raw = [ex["image"] for ex in read_split(shards, "validation").as_numpy_iterator()]
     batches = _batches(make_dataset(shards, "validation", 4, training=False))
@@ -154,8 +154,8 @@ def test_augmented_background_stays_white(shards):
 
 
 def test_training_batches_mix_classes_although_shards_are_written_class_by_class(shards):
-    from components.common.records import read_split
     from components.train.data import make_dataset
+    from core.records import read_split
 
     in_file_order = [int(ex["subcategory"]) for ex in read_split(shards, "train", decode=False).as_numpy_iterator()]
     assert len(set(in_file_order[:8])) == 1, "the fixture should write each class in one run"

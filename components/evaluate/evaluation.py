@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from components.common.errors import StepError
-from components.common.labels import LabelSchema
 from components.evaluate import metrics as m
 from components.evaluate.scalars import DECODED_SCALARS, group_key
+from core.errors import StepError
+from core.labels import LabelSchema
 
 LEVELS = ("category", "subcategory")
 PREDICTION_KEYS = (
@@ -164,7 +164,7 @@ def evaluate_predictions(
     Args:
         predictions: `ids`, probabilities `category`, `subcategory`, `attributes` and true labels
             `true_category`, `true_subcategory` (indices), `true_attributes` (multi-hot), as
-            `components.train.predict.predict_split` returns them.
+            `components.train.model_folder.predict_split` returns them.
         schema: the label schema the indices refer to.
         threshold: an attribute is predicted when its score is above this.
         hierarchical_decoding: the unprefixed category/sub-category scalars use joint decoding

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from components.common import storage
 from components.evaluate.evaluation import Evaluation
+from core import storage
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def select_samples(evaluation: Evaluation, size: int, per_class: int = 2, max_er
 
 def read_photos(data_dir: str | Path, split: str, ids: Sequence[str]) -> dict[str, bytes]:
     """Encoded photos of the given ids from a split's shards (one pass, no decoding)."""
-    from components.common import records
+    from core import records
 
     wanted = set(ids)
     found: dict[str, bytes] = {}

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from components.common import features, records
-from components.common.config import Config
-from components.common.errors import StepError
-from components.common.labels import LabelSchema
 from components.evaluate import figures as fig
 from components.evaluate import outputs, report
 from components.evaluate.evaluation import Evaluation, evaluate_predictions
 from components.evaluate.gate import decide
+from core import layouts
+from core.config import Config
+from core.errors import StepError
+from core.labels import LabelSchema
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,6 @@ SPLIT = "test"
 PREDICT_BATCH = 256
 SMOKE_PHOTOS = 32  # photos exported next to predictions.jsonl when the manifest's are out of reach
 
-METRICS_FILE = "metrics.json"
-GATE_FILE = "gate.json"
-PREDICTIONS_FILE = "predictions.jsonl"
-CLASSIFICATION_FILE = "classification_metrics.json"
-REPORT_HTML = "report.html"
-REPORT_MD = "report.md"
 FIGURES = {
     "confusion_category": "confusion_category.png",
     "confusion_subcategory": "confusion_subcategory.png",
@@ -167,7 +161,7 @@ def write_evaluation(
     """Measure predictions, decide the gate and write every output file.
 
     Args:
-        predictions: the arrays of `components.train.predict.predict_split` on the test split.
+        predictions: the arrays of `components.train.model_folder.predict_split` on the test split.
         schema: the label schema of the model and the shards.
         data_dir: the preprocess folder the predictions came from (photos for the sample grid and
             for predictions.jsonl, when the ingest manifest is out of reach).
@@ -189,7 +183,7 @@ def write_evaluation(
     gate = decide(evaluation.scalars, champion_metrics, ev.floors, ev.tolerances)
 
     ids = np.asarray(predictions["ids"]).astype(str)
-    stats = records.load_stats(data_dir)
+    stats = layouts.read_stats(data_dir)
     uris = outputs.manifest_uris(stats.get("manifest"))
     sample_rows = outputs.select_samples(evaluation, ev.sample_grid_size)
     # The deploy step re-predicts the first records' photos; without the manifest's, export them.
@@ -204,20 +198,20 @@ def write_evaluation(
             path.write_bytes(photos[item_id])
             uris[item_id] = str(path.resolve())
 
-    with open(out / PREDICTIONS_FILE, "w") as fh:
+    with open(out / layouts.PREDICTIONS, "w") as fh:
         for record in outputs.prediction_records(evaluation, uris):
             fh.write(json.dumps(record) + "\n")
-    _json(out / CLASSIFICATION_FILE, outputs.classification_metrics(evaluation))
+    _json(out / layouts.CLASSIFICATION_METRICS, outputs.classification_metrics(evaluation))
     made = _figures(evaluation, out, photos, sample_rows)
     lines = dict(context or {})
     if champion_metrics is None:
         lines.setdefault("champion", "none in production yet (the gate applies the floors only)")
     blocks = report.build_blocks(evaluation, gate, made, lines)
-    (out / REPORT_MD).write_text(report.to_markdown(blocks))
-    (out / REPORT_HTML).write_text(report.to_html(blocks))
+    (out / layouts.REPORT_MD).write_text(report.to_markdown(blocks))
+    (out / layouts.REPORT_HTML).write_text(report.to_html(blocks))
     timing = {**(seconds or {}), "report": round(time.perf_counter() - started, 3)}
     _json(
-        out / METRICS_FILE,
+        out / layouts.METRICS,
         {
             "scalars": evaluation.scalars,
             "split": SPLIT,
@@ -226,16 +220,16 @@ def write_evaluation(
             "seconds": timing,
         },
     )
-    _json(out / GATE_FILE, gate.to_dict())
-    config.save(out / "config.yaml")
-    schema.save(out / features.LABELS_FILE)
+    _json(out / layouts.GATE, gate.to_dict())
+    config.save(out / layouts.CONFIG)
+    schema.save(out / layouts.LABELS)
     files = {
-        "metrics": METRICS_FILE,
-        "gate": GATE_FILE,
-        "predictions": PREDICTIONS_FILE,
-        "classification_metrics": CLASSIFICATION_FILE,
-        "report_html": REPORT_HTML,
-        "report_md": REPORT_MD,
+        "metrics": layouts.METRICS,
+        "gate": layouts.GATE,
+        "predictions": layouts.PREDICTIONS,
+        "classification_metrics": layouts.CLASSIFICATION_METRICS,
+        "report_html": layouts.REPORT_HTML,
+        "report_md": layouts.REPORT_MD,
         **{k: FIGURES[k] for k in made},
     }
     log.info("evaluated %d test products: %s", len(ids), gate.reason.split("; ")[0])
@@ -274,10 +268,10 @@ def evaluate_model(
         StepError: a folder is not what the step expects, or the model and the data disagree on labels.
 
     """
-    from components.train.predict import load_model, predict_split
+    from components.train.model_folder import load_model, predict_split
 
-    model_schema = records.load_schema(model_dir)
-    check_same_labels(model_schema, records.load_schema(data_dir), model_dir, data_dir)
+    model_schema = layouts.read_labels(model_dir)
+    check_same_labels(model_schema, layouts.read_labels(data_dir), model_dir, data_dir)
     started = time.perf_counter()
     model = load_model(model_dir)
     predictions = predict_split(model, data_dir, SPLIT, batch_size=PREDICT_BATCH)

@@ -1,5 +1,5 @@
 """Ingestion: catalogue source -> checked, labelled manifest and a report accounting for every input."""
 
-from components.ingest.ingest import IngestResult, ingest_catalogue, read_manifest
+from components.ingest.step import IngestResult, ingest_catalogue, read_manifest
 
 __all__ = ["IngestResult", "ingest_catalogue", "read_manifest"]

@@ -8,13 +8,12 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.common import storage
-from components.common.errors import StepError
-from components.ingest.images import IMAGE_SUFFIXES
+from components.ingest.checks import IMAGE_SUFFIXES
+from core import layouts, storage
+from core.errors import StepError
 
 log = logging.getLogger(__name__)
 
-STYLES_FILE = "styles.csv"
 IMAGES_DIR = "images"
 
 
@@ -63,9 +62,9 @@ def _decode(data: bytes, where: str) -> str:
 
 
 def _open_folder(root: Path) -> Source:
-    styles = root / STYLES_FILE
+    styles = root / layouts.STYLES
     if not styles.is_file():
-        raise StepError(f"{root}: no {STYLES_FILE} found; expected the Kaggle layout styles.csv + images/<id>.jpg")
+        raise StepError(f"{root}: no {layouts.STYLES} found; expected the Kaggle layout styles.csv + images/<id>.jpg")
     image_dir = root / IMAGES_DIR
     files = [str(p) for p in image_dir.iterdir() if p.is_file()] if image_dir.is_dir() else []
     images, dups = _index_images(files)
@@ -79,9 +78,9 @@ def _open_zip(path: Path, extract_dir: Path) -> Source:
         raise StepError(f"{path}: not a readable zip archive ({err})") from err
     with zf:
         names = zf.namelist()
-        styles = [n for n in names if posixpath.basename(n) == STYLES_FILE]
+        styles = [n for n in names if posixpath.basename(n) == layouts.STYLES]
         if not styles:
-            raise StepError(f"{path}: the archive has no {STYLES_FILE}; expected styles.csv + images/<id>.jpg")
+            raise StepError(f"{path}: the archive has no {layouts.STYLES}; expected styles.csv + images/<id>.jpg")
         styles_name = min(styles, key=len)
         prefix = posixpath.dirname(styles_name)
         image_prefix = posixpath.join(prefix, IMAGES_DIR) + "/"
@@ -99,7 +98,7 @@ def _open_zip(path: Path, extract_dir: Path) -> Source:
 
 def _open_gcs(uri: str) -> Source:
     root = uri.rstrip("/")
-    styles_uri = storage.join(root, STYLES_FILE)
+    styles_uri = storage.join(root, layouts.STYLES)
     try:
         text = _decode(storage.read_bytes(styles_uri), styles_uri)
     except storage.StorageError as err:

@@ -17,8 +17,8 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from components.common.config import Config
-from components.common.errors import StepError
+from core.config import Config
+from core.errors import StepError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DATAFLOW_REQUIRED = ("project", "region", "temp_location")

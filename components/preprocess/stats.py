@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import apache_beam as beam
 
-from components.common.labels import SPLITS, LabelSchema
+from core.labels import SPLITS, LabelSchema
 
 LEVELS = ("category", "subcategory", "attributes")
 

@@ -20,12 +20,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from components.common import features
-from components.common.labels import SPLITS
-from components.common.storage import StorageError, read_bytes
-from components.preprocess.images import ImageError, decode_image, encode_image, resize_image
 from components.preprocess.stats import LabelRecord
 from components.preprocess.tfrecord import write_records
+from core import records
+from core.images import ImageError, decode_image, encode_image, resize_image
+from core.labels import SPLITS
+from core.storage import StorageError, read_bytes
 
 OK = "ok"
 REJECTED = "rejected"
@@ -96,7 +96,7 @@ def shard_index(item_id: str, shards: int) -> int:
 
 
 def shard_name(split: str, index: int, total: int, compression: str) -> str:
-    """`{split}-SSSSS-of-NNNNN.tfrecord[.gz]`, matching `features.shard_pattern`."""
+    """`{split}-SSSSS-of-NNNNN.tfrecord[.gz]`, matching `layouts.shard_pattern`."""
     return f"{split}-{index:05d}-of-{total:05d}.tfrecord" + (".gz" if compression == "gzip" else "")
 
 
@@ -283,7 +283,7 @@ class _ExampleFn(beam.DoFn):
         for a in item.attributes:
             multi_hot[a] = 1
         payload = canonical_example(
-            features.make_example(
+            records.make_example(
                 item.data, self._format, item.id, item.category, item.subcategory, multi_hot, item.original_size
             )
         )
@@ -292,7 +292,7 @@ class _ExampleFn(beam.DoFn):
 
 
 class ToExamples(beam.PTransform):
-    """Encoded items -> `ExampleRecord`s holding serialised `tf.train.Example`s (`features.make_example`)."""
+    """Encoded items -> `ExampleRecord`s holding serialised `tf.train.Example`s (`records.make_example`)."""
 
     def __init__(self, num_attributes: int, image_format: str = "jpeg"):
         super().__init__()

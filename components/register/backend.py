@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.config import RegistryConfig
-from components.common.errors import StepError
+from core.config import RegistryConfig
+from core.errors import StepError
 
 log = logging.getLogger(__name__)
 

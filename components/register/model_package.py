@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.common.errors import StepError
 from components.register import savedmodel_pyfunc
+from core.errors import StepError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.common.config import Config
-from components.common.errors import StepError
 from components.register import model_package
 from components.register.backend import (
     backend_errors,
@@ -29,6 +27,8 @@ from components.register.backend import (
     resolve_backend,
 )
 from components.register.tracking import TAG_PIPELINE_RUN, TEST_PREFIX, check_pipeline_run_id, logged_model_of
+from core.config import Config
+from core.errors import StepError
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.config import Config
-from components.common.errors import StepError
 from components.register import model_package
 from components.register.backend import check_reachable, resolve_backend
 from components.register.registry import CHALLENGER, Registry
 from components.register.tracking import check_pipeline_run_id, read_gate, track_training_run
+from core.config import Config
+from core.errors import StepError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def ensure_export(model_dir: str | Path, export_dir: str | Path, config: Config)
         if any(export_dir.iterdir()):
             raise StepError(f"{export_dir} holds files but no SavedModel; give an empty or new export folder")
         export_dir.rmdir()  # the exporter creates the folder itself, atomically
-    from serving.export import export_model
+    from components.register.export import export_model
 
     export_model(model_dir, str(export_dir), config)
     return model_package.find_saved_model(export_dir)

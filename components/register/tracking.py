@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import re
 import subprocess
@@ -21,11 +20,11 @@ from typing import Any
 
 import yaml
 
-from components.common import storage
-from components.common.config import Config
-from components.common.errors import StepError
 from components.register import model_package
 from components.register.backend import backend_errors, is_already_exists, is_not_found, make_client
+from core import layouts, storage
+from core.config import Config
+from core.errors import StepError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,6 @@ TRAIN_PREFIX = "train."
 VAL_PREFIX = "val."
 TEST_PREFIX = "test."
 
-MODEL_FILES = ("model.keras", "model_config.json", "labels.json", "history.json", "config.yaml")
 DATASET_NAME = "fashion-catalogue"
 _PIPELINE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,249}$")
 _BAD_NAME_CHARS = re.compile(r"[^\w\-. :/]")
@@ -127,15 +125,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise StepError(f"{path} not found: {what}")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise StepError(f"{path} is not valid JSON ({err}): {what}") from err
-
-
 def _numbers(values: Any) -> list[float] | None:
     if not isinstance(values, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
         return None
@@ -148,9 +137,9 @@ def read_history(model_dir: Path) -> tuple[dict[str, list[float]], dict[str, flo
     Accepts the trainer's layout (`{"history": {...}, "epochs_run": ..., ...}`) and a bare Keras
     `History.history` dict. Entries that are not lists of numbers are skipped with a warning.
     """
-    data = _read_json(model_dir / "history.json", "the model folder must hold the training history")
+    data = layouts.read_json(model_dir / layouts.HISTORY, "the model folder must hold the training history")
     if not isinstance(data, Mapping):
-        raise StepError(f"{model_dir / 'history.json'}: expected a JSON object")
+        raise StepError(f"{model_dir / layouts.HISTORY}: expected a JSON object")
     nested = data.get("history")
     raw = nested if isinstance(nested, Mapping) else data
     history: dict[str, list[float]] = {}
@@ -169,10 +158,10 @@ def read_history(model_dir: Path) -> tuple[dict[str, list[float]], dict[str, flo
 
 def read_scalars(eval_dir: Path) -> dict[str, float]:
     """The evaluation's flat test metrics (`metrics.json` -> `scalars`)."""
-    data = _read_json(eval_dir / "metrics.json", "the evaluation folder must hold the test metrics")
+    data = layouts.read_json(eval_dir / layouts.METRICS, "the evaluation folder must hold the test metrics")
     scalars = data.get("scalars") if isinstance(data, Mapping) else None
     if not isinstance(scalars, Mapping):
-        raise StepError(f"{eval_dir / 'metrics.json'}: no 'scalars' object of test metrics")
+        raise StepError(f"{eval_dir / layouts.METRICS}: no 'scalars' object of test metrics")
     out, bad = {}, []
     for key, value in scalars.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
@@ -186,10 +175,10 @@ def read_scalars(eval_dir: Path) -> dict[str, float]:
 
 def read_gate(eval_dir: Path) -> bool | None:
     """The gate's `blessed` decision, None when the evaluation wrote no `gate.json`."""
-    path = eval_dir / "gate.json"
+    path = eval_dir / layouts.GATE
     if not path.is_file():
         return None
-    data = _read_json(path, "the gate decision")
+    data = layouts.read_json(path, "the gate decision")
     return bool(data.get("blessed")) if isinstance(data, Mapping) else None
 
 
@@ -197,7 +186,7 @@ def read_manifest(manifest_uri: str) -> tuple[str, bytes]:
     """(URI of `manifest.csv`, its bytes) for a manifest file or an ingest folder holding one."""
     uri = str(manifest_uri)
     if not uri.endswith(".csv"):
-        uri = storage.join(uri, "manifest.csv")
+        uri = storage.join(uri, layouts.MANIFEST)
     try:
         return uri, storage.read_bytes(uri)
     except storage.StorageError as err:
@@ -223,10 +212,10 @@ def read_training_outputs(
     for folder, what in ((model_dir, "model"), (eval_dir, "evaluation")):
         if not folder.is_dir():
             raise StepError(f"{what} folder {folder} does not exist")
-    if not (model_dir / "model.keras").is_file():
-        raise StepError(f"{model_dir / 'model.keras'} not found: is {model_dir} a trained model folder?")
+    if not (model_dir / layouts.MODEL).is_file():
+        raise StepError(f"{model_dir / layouts.MODEL} not found: is {model_dir} a trained model folder?")
     trained = config.to_dict()
-    config_path = model_dir / "config.yaml"
+    config_path = model_dir / layouts.CONFIG
     if config_path.is_file():
         try:
             trained = yaml.safe_load(config_path.read_text()) or trained
@@ -322,11 +311,11 @@ def _log_artifacts(client: Any, run_id: str, outputs: TrainingOutputs) -> None:
     with tempfile.TemporaryDirectory(prefix="mlflow-run-") as tmp:
         staged = Path(tmp) / "model"
         staged.mkdir()
-        for name in MODEL_FILES:
+        for name in layouts.MODEL_FOLDER_FILES:
             if (outputs.model_dir / name).is_file():
                 (staged / name).symlink_to((outputs.model_dir / name).resolve())
         client.log_artifacts(run_id, str(staged), "model")
-    for name in ("labels.json", "config.yaml"):
+    for name in (layouts.LABELS, layouts.CONFIG):
         if (outputs.model_dir / name).is_file():
             client.log_artifact(run_id, str(outputs.model_dir / name))
 

@@ -1,6 +1,6 @@
 """The training input pipeline: parsed shards -> shuffled, augmented, batched, prefetched tensors.
 
-Built on `components.common.records.read_split`, so the trainer and the evaluator read the shards
+Built on `core.records.read_split`, so the trainer and the evaluator read the shards
 the same way. Augmentation runs on whole batches (one vectorised op per batch is far cheaper on
 CPUs than per-image maps) and only on the training split.
 """
@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from components.common import records
-from components.common.config import TrainConfig
+from core import layouts, records
+from core.config import TrainConfig
 
 LABEL_KEYS = ("category", "subcategory", "attributes")
 
@@ -28,7 +28,7 @@ FILL_VALUE = 255.0
 
 def split_size(data_dir: str | Path, split: str) -> int:
     """Number of examples of one split, from the preprocess statistics (0 when unknown)."""
-    entry = (records.load_stats(data_dir).get("splits") or {}).get(split) or {}
+    entry = (layouts.read_stats(data_dir).get("splits") or {}).get(split) or {}
     return int(entry.get("count") or 0)
 
 
@@ -64,7 +64,7 @@ def make_dataset(
     import tensorflow as tf
 
     train_cfg = train_cfg or TrainConfig()
-    stats = records.load_stats(data_dir)
+    stats = layouts.read_stats(data_dir)
     shape = [int(stats["image_height"]), int(stats["image_width"]), 3]
     ds = records.read_split(data_dir, split, decode=False)
     if training:

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from components.common.errors import StepError
+from core.errors import StepError
 
 _EPS = 1e-7
 

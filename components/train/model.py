@@ -14,8 +14,8 @@ from typing import Any
 
 import keras
 
-from components.common.config import ModelConfig
-from components.common.errors import StepError
+from core.config import ModelConfig
+from core.errors import StepError
 
 OUTPUTS = ("category", "subcategory", "attributes")
 INPUT_NAME = "image"
@@ -224,7 +224,7 @@ def _applications_backbone(model_cfg: ModelConfig, x: Any, name: str) -> Any:
 
 def _load_backbone_weights(net: Any, uri: str) -> None:
     """Load backbone weights from a local path or a gs:// URI (`.weights.h5` or `.h5`)."""
-    from components.common import storage
+    from core import storage
 
     try:
         data = storage.read_bytes(uri)

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from components.common.config import TrainConfig
+from core.config import TrainConfig
 
 
 @keras.saving.register_keras_serializable(package="fashion")

@@ -32,13 +32,14 @@ COPY --from=beam /opt/apache/beam /opt/apache/beam
 # The project itself, installed in place so configs/ (presets) and data/ (demo, samples) sit where
 # the code looks for them.
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY components ./components
 COPY pipeline ./pipeline
 COPY serving ./serving
 COPY configs ./configs
 COPY data ./data
 RUN pip install --no-deps -e . \
-    && python -c "import components.common.config, pipeline.dag, serving.signature"
+    && python -c "import core.config, pipeline.dag, serving.contract"
 # No USER here: KFP's launcher writes step outputs under root-owned mount points (/gcs, /minio);
 # clusters that require non-root pods set runAsUser and an fsGroup in the pipeline's pod spec.
 

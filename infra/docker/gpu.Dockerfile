@@ -27,11 +27,12 @@ COPY requirements.lock ./
 RUN pip install -r requirements.lock "tensorflow[and-cuda]==${TF_VERSION}"
 
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY components ./components
 COPY pipeline ./pipeline
 COPY serving ./serving
 COPY configs ./configs
 RUN pip install --no-deps -e . \
-    && python -c "import components.common.config, pipeline.dag"
+    && python -c "import core.config, pipeline.dag"
 # No USER here: KFP's launcher writes step outputs under root-owned mount points (/gcs, /minio);
 # clusters that require non-root pods set runAsUser and an fsGroup in the pipeline's pod spec.

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion deploy`."""
-    from components.deploy.deploy import deploy_model
+    from components.deploy.step import deploy_model
 
     config, registry, server = endpoint_inputs(args)
     result = deploy_model(

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from components.common.errors import StepError
+from core.errors import StepError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion ingest`."""
-    from components.ingest.ingest import ingest_catalogue, summarize
+    from components.ingest.step import ingest_catalogue, summarize
     from pipeline.cli import resolve_config
 
     config = resolve_config(args, {"data": {"source_uri": args.source, "min_usable_fraction": args.min_usable}})

@@ -49,8 +49,8 @@ def ui_command(tracking_uri: str, artifact_uri: str, host: str, port: int) -> li
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion mlflow-ui`."""
-    from components.common.errors import StepError
     from components.register.backend import resolve_backend
+    from core.errors import StepError
     from pipeline.cli import resolve_config
 
     config = resolve_config(args)

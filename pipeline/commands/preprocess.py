@@ -78,7 +78,7 @@ def beam_args_of(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion preprocess`."""
-    from components.preprocess.preprocess import resize_images
+    from components.preprocess.step import resize_images
     from pipeline.cli import resolve_config
 
     if not getattr(args, "verbose", False):

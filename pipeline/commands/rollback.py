@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion rollback`."""
-    from components.deploy.deploy import rollback_model
+    from components.deploy.step import rollback_model
     from pipeline.commands.deploy import endpoint_inputs
 
     config, registry, server = endpoint_inputs(args)

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion run`."""
-    from components.common.errors import StepError
+    from core.errors import StepError
     from pipeline.cli import resolve_config
     from pipeline.local import format_summary, run_and_serve
 

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion serve`."""
-    from components.common.errors import StepError
+    from core.errors import StepError
     from pipeline.cli import resolve_config
     from serving.server.server import ServerOptions, run_server
 

@@ -64,7 +64,7 @@ def beam_args(args: argparse.Namespace) -> list[str]:
 
 def require_host(args: argparse.Namespace) -> str:
     """The API address, or a StepError saying how to give one."""
-    from components.common.errors import StepError
+    from core.errors import StepError
 
     if not args.host:
         raise StepError("no Kubeflow Pipelines API address: pass --host URL or set KF_PIPELINES_ENDPOINT")

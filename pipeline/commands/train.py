@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion train`."""
-    from components.train.trainer import train_model
+    from components.train.step import train_model
     from pipeline.cli import resolve_config
 
     config = resolve_config(

@@ -17,9 +17,9 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from components.common import storage
-from components.common.config import ServingConfig
-from components.common.errors import StepError
+from core import storage
+from core.config import ServingConfig
+from core.errors import StepError
 
 # TF Serving's defaults for fields the batching file leaves unset.
 DEFAULT_MAX_BATCH_SIZE = 1000

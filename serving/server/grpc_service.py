@@ -15,7 +15,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving.server import handlers, tensors
+from serving import tensors
+from serving.server import handlers
 from serving.server.errors import ServingError, invalid_argument
 from serving.server.manager import ModelManager
 from serving.server.servable import CLASSIFY_METHOD, REGRESS_METHOD

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from serving import signature as sig
+from serving import contract as sig
 from serving.server.errors import ServingError, invalid_argument
 from serving.server.manager import ModelManager
 from serving.server.servable import CLASSIFY_METHOD, INIT_OP_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
+from core import storage
 from serving.server.config import BatchingParameters, validate_model_server_config
 from serving.server.errors import ServingError, failed_precondition, invalid_argument, not_found
 from serving.server.servable import Servable

@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from components.common import storage
-from serving import signature as sig
+from core import storage
+from serving import contract as sig
 from serving.server.batching import BatchScheduler, task_size
 from serving.server.config import BatchingParameters
 from serving.server.errors import ServingError, failed_precondition, invalid_argument

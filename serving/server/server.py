@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from components.common.config import ServingConfig
-from components.common.errors import StepError
-from serving import signature as sig
+from core.config import ServingConfig
+from core.errors import StepError
+from serving import contract as sig
 from serving.server import config as server_config
 from serving.server.grpc_service import ModelService, PredictionService
 from serving.server.manager import ManagerOptions, ModelManager

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = ("ci", "demo", "cpu-full", "paper")
 
 

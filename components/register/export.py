@@ -20,31 +20,16 @@ from typing import Any
 
 import yaml
 
-from components.common import storage
-from components.common.config import Config, config_from_dict
-from components.common.errors import StepError
-from components.common.labels import LabelSchema
-from serving import signature as sig
+from components.train.model_folder import load_model
+from core import layouts, storage
+from core.config import Config, config_from_dict
+from core.errors import StepError
+from core.labels import LabelSchema
+from serving import contract as sig
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "config.yaml"
-LABELS_FILE = "labels.json"
 EXPORT_INFO_FILE = "assets.extra/export_info.json"
-
-
-def load_keras_model(model_dir: str | Path) -> Any:
-    """Load `model.keras` from a trained model folder (custom layers registered first)."""
-    import keras
-
-    # Registers the trainer's custom layers with Keras before deserialising.
-    import components.train.model  # noqa: F401
-
-    path = Path(model_dir) / MODEL_FILE
-    if not path.is_file():
-        raise StepError(f"{path} not found: point at the output folder of `fashion train`")
-    return keras.saving.load_model(path, compile=False)
 
 
 def model_image_size(model: Any) -> tuple[int, int]:
@@ -202,7 +187,7 @@ def warmup_requests(
 def _model_folder_config(model_dir: Path, config: Config | None) -> Config:
     if config is not None:
         return config
-    path = model_dir / CONFIG_FILE
+    path = model_dir / layouts.CONFIG
     if path.is_file():
         return config_from_dict(yaml.safe_load(path.read_text()) or {})
     return Config()
@@ -236,13 +221,13 @@ def export_model(
 
     model_dir = Path(model_dir)
     cfg = _model_folder_config(model_dir, config)
-    labels_path = model_dir / LABELS_FILE
+    labels_path = model_dir / layouts.LABELS
     if not labels_path.is_file():
         raise StepError(f"{labels_path} not found: the model folder must hold the label schema")
     if storage.exists(export_uri):
         raise StepError(f"{export_uri} already exists: versions are immutable, export to a new version number")
     schema = LabelSchema.load(labels_path)
-    model = load_keras_model(model_dir)
+    model = load_model(model_dir)
     height, width = model_image_size(model)
     module = build_serving_module(model, schema, cfg.preprocess.resize_mode, cfg.preprocess.pad_color)
     photos = [p if isinstance(p, bytes) else Path(p).read_bytes() for p in warmup_photos]

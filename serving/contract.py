@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Attribute labels read `<group><separator><value>`, e.g. `baseColour=Blue`; clients split them with it.
+from core.labels import ATTRIBUTE_SEPARATOR as ATTRIBUTE_SEPARATOR
+
 SIGNATURE_NAME = "serving_default"
 INPUT_KEY = "image_bytes"
 

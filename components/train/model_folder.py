@@ -1,4 +1,4 @@
-"""Loading a trained model folder and running it over a split of the shards, for evaluation."""
+"""A trained model folder: the one Keras model loader of the project, and running a model over a split."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from components.common import records
-from components.common.errors import StepError
+from core import layouts, records
+from core.errors import StepError
 
 
 def load_model(model_dir: str | Path) -> Any:
@@ -21,9 +21,7 @@ def load_model(model_dir: str | Path) -> Any:
 
     # Importing these modules registers the custom layer, losses and schedule for deserialisation.
     from components.train import losses, model, optim  # noqa: F401
-    from components.train.trainer import MODEL_FILE
-
-    path = Path(model_dir) / MODEL_FILE
+    path = Path(model_dir) / layouts.MODEL
     if not path.is_file():
         raise StepError(f"{path} not found: point at the output folder of `fashion train`")
     return keras.models.load_model(path, compile=False)

@@ -14,19 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.common.config import Config
-from components.common.errors import StepError
-from components.common.labels import LabelSchema, assign_split, build_schema
 from components.ingest.catalog import CatalogError, read_catalog
-from components.ingest.images import check_images, extract_and_check
+from components.ingest.checks import check_images, extract_and_check
 from components.ingest.sources import open_source
+from core import layouts
+from core.config import Config
+from core.errors import StepError
+from core.labels import LabelSchema, assign_split, build_schema
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.csv"
-REPORT_FILE = "ingest_report.json"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.yaml"
 MANIFEST_BASE_COLUMNS = [
     "id",
     "image_uri",
@@ -248,10 +245,10 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
     }
     report["usable_fraction"] = len(manifest_rows) / max(report["rows"]["count"], 1)
 
-    _write_manifest(out / MANIFEST_FILE, manifest_rows, labels_cfg.attributes)
-    schema.save(out / LABELS_FILE)
-    config.save(out / CONFIG_FILE)
-    report_path = out / REPORT_FILE
+    _write_manifest(out / layouts.MANIFEST, manifest_rows, labels_cfg.attributes)
+    schema.save(out / layouts.LABELS)
+    config.save(out / layouts.CONFIG)
+    report_path = out / layouts.INGEST_REPORT
     report_path.write_text(json.dumps(report, indent=2))
     log.info("usable %d of %d rows; report at %s", len(manifest_rows), report["rows"]["count"], report_path)
     if report["usable_fraction"] < config.data.min_usable_fraction:
@@ -260,7 +257,7 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
             f"({report['usable_fraction']:.1%} < data.min_usable_fraction "
             f"{config.data.min_usable_fraction:.0%}); see {report_path} for each excluded id"
         )
-    return IngestResult(out, out / MANIFEST_FILE, report_path, out / LABELS_FILE, report)
+    return IngestResult(out, out / layouts.MANIFEST, report_path, out / layouts.LABELS, report)
 
 
 def _id_key(item_id: str) -> tuple[int, str]:
@@ -305,7 +302,7 @@ def _write_manifest(path: Path, rows: list[dict[str, str]], attribute_columns: t
 
 def read_manifest(manifest_dir: str | Path) -> list[dict[str, str]]:
     """The rows of an ingest output's manifest.csv."""
-    path = Path(manifest_dir) / MANIFEST_FILE
+    path = Path(manifest_dir) / layouts.MANIFEST
     if not path.is_file():
         raise StepError(f"{path} not found: run `fashion ingest` first and pass its --out folder")
     with open(path, newline="", encoding="utf-8") as fh:

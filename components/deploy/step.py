@@ -30,9 +30,9 @@ from typing import Any, Protocol
 import grpc
 import numpy as np
 
-from components.common import storage
-from components.common.config import Config
-from components.common.errors import StepError
+from core import storage
+from core.config import Config
+from core.errors import StepError
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def smoke_check(
     """
     import tensorflow as tf
 
-    from serving import signature as sig
+    from serving import contract as sig
 
     if not photos:
         raise StepError("no smoke photos: give known photos or the evaluation's predictions.jsonl")
@@ -372,7 +372,7 @@ def deploy_model(
 
     with tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
         saved_model = registry.download_export(registry_version, Path(tmp) / "saved_model")
-        from serving.export import publish_version_dir
+        from components.register.export import publish_version_dir
 
         publish_version_dir(saved_model, version_uri)
         log.info("published registry version %s as serving version %d at %s", registry_version, version, version_uri)

@@ -1,9 +1,8 @@
-"""Checking that product photos are usable: they decode fully, convert to RGB, and are not degenerate."""
+"""Checking that product photos are usable, in parallel: they decode fully, convert to RGB, and are not degenerate."""
 
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
 import time
@@ -14,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
-from components.common import storage
+from core import storage
+from core.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +39,7 @@ def check_image_bytes(data: bytes, min_side: int = 8) -> tuple[int, int]:
         ValueError: empty data, not an image, truncated, or smaller than `min_side` pixels.
 
     """
-    if not data:
-        raise ValueError("empty file (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            rgb = img.convert("RGB")
-    except UnidentifiedImageError as err:
-        raise ValueError("not a recognised image format") from err
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot decode: {err}") from err
+    rgb = decode_image(data)
     width, height = rgb.size
     if min(width, height) < min_side:
         raise ValueError(f"degenerate size {width}x{height} (minimum side {min_side} px)")

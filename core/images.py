@@ -1,14 +1,15 @@
-"""Pure image operations of the preprocess step: decode, resize (pad or stretch) and encode.
+"""Photo operations: the one decode that ingest checks and preprocessing use, resize and encode.
 
-They work on Pillow images and raise on bad input; the Beam transforms turn those errors into
-rejects. The same functions serve the pipeline and the single-process benchmark baseline.
+They work on Pillow images and raise `ImageError` on bad input; ingest and the Beam transforms
+turn those errors into report entries and rejects. The same functions serve the pipeline and the
+single-process benchmark baseline.
 """
 
 from __future__ import annotations
 
 import io
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
@@ -24,12 +25,14 @@ def decode_image(data: bytes) -> Image.Image:
         ImageError: the bytes are empty, not an image, truncated, or have a zero-sized side.
     """
     if not data:
-        raise ImageError("empty file")
+        raise ImageError("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             # Load now: Pillow decodes lazily, and a truncated file only fails on load.
             img.load()
             rgb = img.convert("RGB")
+    except UnidentifiedImageError as err:
+        raise ImageError("cannot decode image: not a recognised image format") from err
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image: {err}") from err
     if rgb.width < 1 or rgb.height < 1:

@@ -25,26 +25,17 @@ from typing import Any
 import keras
 import numpy as np
 
-from components.common import features, records
-from components.common.config import Config, TrainConfig, config_from_dict
-from components.common.errors import StepError
-from components.common.labels import LabelSchema
 from components.train import data as train_data
 from components.train.losses import build_losses
 from components.train.model import OUTPUTS, build_model
 from components.train.optim import make_optimizer
+from core import layouts, records
+from core.config import Config, TrainConfig, config_from_dict
+from core.errors import StepError
+from core.labels import LabelSchema
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-MODEL_CONFIG_FILE = "model_config.json"
-HISTORY_FILE = "history.json"
-CONFIG_FILE = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-LOG_DIR = "logs"
-LAST_CHECKPOINT = "last.keras"
-BEST_WEIGHTS = "best.weights.h5"
-STATE_FILE = "state.json"
 # Batch-norm statistics are re-estimated on this many clean training photos before each validation.
 RECALIBRATION_BATCH = 256
 RECALIBRATION_BATCHES = 24
@@ -160,12 +151,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
         monitor = logs.get("val_loss", logs.get("loss", float("inf")))
         if monitor < state["best"]:
             state["best"], state["best_epoch"], state["wait"] = monitor, epoch + 1, 0
-            self.model.save_weights(self.dir / BEST_WEIGHTS)
+            self.model.save_weights(self.dir / layouts.BEST_WEIGHTS)
         else:
             state["wait"] += 1
         state["epochs_done"] = epoch + 1
-        _atomic_save_model(self.model, self.dir / LAST_CHECKPOINT)
-        _atomic_write(self.dir / STATE_FILE, json.dumps(state, indent=1))
+        _atomic_save_model(self.model, self.dir / layouts.LAST_CHECKPOINT)
+        _atomic_write(self.dir / layouts.TRAIN_STATE, json.dumps(state, indent=1))
         if self.log_every:
             shown = ", ".join(
                 f"{k}={logs[k]:.4f}"
@@ -183,7 +174,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         if self.patience > 0 and state["wait"] >= self.patience:
             log.info("early stopping: val_loss has not improved for %d epochs", self.patience)
             state["stopped_early"] = True
-            _atomic_write(self.dir / STATE_FILE, json.dumps(state, indent=1))
+            _atomic_write(self.dir / layouts.TRAIN_STATE, json.dumps(state, indent=1))
             self.model.stop_training = True
 
 
@@ -305,7 +296,7 @@ def _fresh_state() -> dict[str, Any]:
 
 def _load_state(checkpoint_dir: Path, config: Config) -> dict[str, Any] | None:
     """The saved training state when the folder holds a resumable run of the same configuration."""
-    state_path, model_path = checkpoint_dir / STATE_FILE, checkpoint_dir / LAST_CHECKPOINT
+    state_path, model_path = checkpoint_dir / layouts.TRAIN_STATE, checkpoint_dir / layouts.LAST_CHECKPOINT
     if not (state_path.is_file() and model_path.is_file()):
         return None
     state = json.loads(state_path.read_text())
@@ -360,12 +351,12 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
         StepError: the data folder is incomplete, or the output folder holds another run's checkpoints.
     """
     tc, mc = config.train, config.model
-    stats = records.load_stats(data_dir)
-    schema = records.load_schema(data_dir)
+    stats = layouts.read_stats(data_dir)
+    schema = layouts.read_labels(data_dir)
     sizes = schema.sizes
     image_size = _image_size(stats)
     out = Path(out_dir)
-    checkpoint_dir = out / CHECKPOINT_DIR
+    checkpoint_dir = out / layouts.CHECKPOINTS
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     state = _load_state(checkpoint_dir, config)
     resumed_from = int(state["epochs_done"]) if state else 0
@@ -397,8 +388,8 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
     try:
         with _scope(strategy):
             if resumed_from:
-                log.info("resuming from %s after epoch %d", checkpoint_dir / LAST_CHECKPOINT, resumed_from)
-                model = keras.models.load_model(checkpoint_dir / LAST_CHECKPOINT)
+                log.info("resuming from %s after epoch %d", checkpoint_dir / layouts.LAST_CHECKPOINT, resumed_from)
+                model = keras.models.load_model(checkpoint_dir / layouts.LAST_CHECKPOINT)
             else:
                 model = build_model(mc, sizes, image_size)
                 losses = build_losses(stats, sizes, tc.class_weight_power, tc.label_smoothing)
@@ -416,7 +407,7 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
             callbacks = [
                 BatchNormRecalibration(clean, recal_batches),
                 EpochCheckpoint(checkpoint_dir, tc.early_stopping_patience, state),
-                ScalarLogger(out / LOG_DIR),
+                ScalarLogger(out / layouts.TRAIN_LOGS),
             ]
             with warnings.catch_warnings():
                 # The validation split is finite by design: Keras learns its length at the end of
@@ -432,8 +423,8 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
                     verbose=_progress_verbosity(),
                     shuffle=False,  # the training dataset shuffles itself (train.shuffle_buffer)
                 )
-        if (checkpoint_dir / BEST_WEIGHTS).is_file():
-            model.load_weights(checkpoint_dir / BEST_WEIGHTS)
+        if (checkpoint_dir / layouts.BEST_WEIGHTS).is_file():
+            model.load_weights(checkpoint_dir / layouts.BEST_WEIGHTS)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     return _write_model_dir(out, model, config, schema, stats, image_size, state, resumed_from)
@@ -450,13 +441,13 @@ def _write_model_dir(
     resumed_from: int,
 ) -> TrainResult:
     """Write model.keras, model_config.json, labels.json, history.json and config.yaml."""
-    model_path = out / MODEL_FILE
+    model_path = out / layouts.MODEL
     # The shipped model is inference-only: float32 and without optimiser state (a third of the size).
     export = build_model(config.model, schema.sizes, image_size)
     export.set_weights(model.get_weights())
     _atomic_save_model(export, model_path)
-    schema.save(out / features.LABELS_FILE)
-    config.save(out / CONFIG_FILE)
+    schema.save(out / layouts.LABELS)
+    config.save(out / layouts.CONFIG)
     history = state["history"]
     best = int(state["best_epoch"]) or int(state["epochs_done"])
     final = {k: v[best - 1] for k, v in history.items() if len(v) >= best > 0}
@@ -471,7 +462,7 @@ def _write_model_dir(
         "keras_version": keras.__version__,
         "data": {"image_format": stats.get("image_format"), "resize_mode": stats.get("resize_mode")},
     }
-    (out / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2))
+    (out / layouts.MODEL_CONFIG).write_text(json.dumps(model_config, indent=2))
     summary = {
         "epochs_run": int(state["epochs_done"]),
         "best_epoch": best,
@@ -480,7 +471,7 @@ def _write_model_dir(
         "history": history,
         "best_metrics": final,
     }
-    (out / HISTORY_FILE).write_text(json.dumps(summary, indent=2))
+    (out / layouts.HISTORY).write_text(json.dumps(summary, indent=2))
     log.info("model folder written to %s (best epoch %d of %d)", out, best, state["epochs_done"])
     return TrainResult(
         model_dir=out,
@@ -497,4 +488,4 @@ def load_config_of(model_dir: str | Path) -> Config:
     """The resolved configuration a model folder was trained with."""
     import yaml
 
-    return config_from_dict(yaml.safe_load((Path(model_dir) / CONFIG_FILE).read_text()))
+    return config_from_dict(yaml.safe_load((Path(model_dir) / layouts.CONFIG).read_text()))

@@ -19,11 +19,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from components.common import features, storage
-from components.common.config import Config
-from components.common.errors import StepError
-from components.common.labels import SPLITS, LabelSchema
-from components.ingest.ingest import CONFIG_FILE, MANIFEST_FILE
 from components.preprocess.options import is_local, pipeline_options
 from components.preprocess.stats import CountLabels, class_weights
 from components.preprocess.transforms import (
@@ -34,6 +29,10 @@ from components.preprocess.transforms import (
     WriteShards,
     id_sort_key,
 )
+from core import layouts, storage
+from core.config import Config
+from core.errors import StepError
+from core.labels import SPLITS, LabelSchema
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def read_header(manifest_uri: str) -> list[str]:
 
 def read_schema(manifest_dir: str) -> LabelSchema:
     """The label schema written by ingest next to the manifest."""
-    uri = storage.join(manifest_dir, features.LABELS_FILE)
+    uri = storage.join(manifest_dir, layouts.LABELS)
     try:
         return LabelSchema.from_dict(json.loads(storage.read_bytes(uri)))
     except storage.StorageError as err:
@@ -79,7 +78,7 @@ def read_schema(manifest_dir: str) -> LabelSchema:
 def _clear_outputs(out_dir: str) -> None:
     """Remove shards and reports of an earlier run, so a glob never mixes two runs' shards."""
     patterns = [storage.join(out_dir, f"{s}-*-of-*.tfrecord*") for s in SPLITS]
-    patterns += [storage.join(out_dir, features.STATS_FILE), storage.join(out_dir, features.REJECTS_FILE)]
+    patterns += [storage.join(out_dir, layouts.STATS), storage.join(out_dir, layouts.REJECTS)]
     stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if stale:
         log.info("removing %d files of an earlier run in %s", len(stale), out_dir)
@@ -124,7 +123,7 @@ def build_stats(
         "labels": schema.to_dict(),
         "rejects": {
             "count": len(rejects),
-            "path": features.REJECTS_FILE,
+            "path": layouts.REJECTS,
             "fraction": len(rejects) / manifest_rows if manifest_rows else 0.0,
             "max_fraction": pre.max_reject_fraction,
             "by_stage": dict(sorted(Counter(r["stage"] for r in rejects).items())),
@@ -143,7 +142,7 @@ class _WriteReportsFn(beam.DoFn):
 
     def process(self, _: Any, counts: Any, shards: Any, rejects: Any, rows: int) -> Iterator[dict[str, Any]]:
         ordered = sorted(rejects, key=lambda r: (id_sort_key(r["id"]), r["image_uri"]))
-        rejects_uri = FileSystems.join(self._out_dir, features.REJECTS_FILE)
+        rejects_uri = FileSystems.join(self._out_dir, layouts.REJECTS)
         with FileSystems.create(rejects_uri, mime_type="application/x-ndjson") as fh:
             fh.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode("utf-8"))
         stats = build_stats(
@@ -155,7 +154,7 @@ class _WriteReportsFn(beam.DoFn):
             self._config,
             self._manifest_uri,
         )
-        with FileSystems.create(FileSystems.join(self._out_dir, features.STATS_FILE), "application/json") as fh:
+        with FileSystems.create(FileSystems.join(self._out_dir, layouts.STATS), "application/json") as fh:
             fh.write(json.dumps(stats, indent=2).encode("utf-8"))
         yield stats
 
@@ -237,7 +236,7 @@ def resize_images(
             `config.preprocess.max_reject_fraction` of the photos were rejected (the shards and
             reports are still written, for inspection).
     """
-    manifest_uri = storage.join(manifest_dir, MANIFEST_FILE)
+    manifest_uri = storage.join(manifest_dir, layouts.MANIFEST)
     header = read_header(manifest_uri)
     schema = read_schema(manifest_dir)
     options = pipeline_options(beam_args, config)
@@ -247,14 +246,14 @@ def resize_images(
         out_dir = str(Path(out_dir).resolve())
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     _clear_outputs(out_dir)
-    storage.write_bytes(storage.join(out_dir, features.LABELS_FILE), json.dumps(schema.to_dict(), indent=2).encode())
-    storage.write_bytes(storage.join(out_dir, CONFIG_FILE), config.to_yaml().encode())
+    storage.write_bytes(storage.join(out_dir, layouts.LABELS), json.dumps(schema.to_dict(), indent=2).encode())
+    storage.write_bytes(storage.join(out_dir, layouts.CONFIG), config.to_yaml().encode())
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, manifest_uri, header, schema, out_dir, config)
     pipeline.run().wait_until_finish()
 
-    stats_uri = storage.join(out_dir, features.STATS_FILE)
+    stats_uri = storage.join(out_dir, layouts.STATS)
     stats = json.loads(storage.read_bytes(stats_uri))
     result = PreprocessResult(
         out_dir=out_dir,

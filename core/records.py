@@ -1,12 +1,17 @@
 """The TFRecord contract between the Beam step (writer) and the trainer/evaluator (readers).
 
 One `tf.train.Example` per product photo. Keys are constants here so writer and readers can
-never drift apart. TensorFlow is imported inside the functions: importing this module is free.
+never drift apart; `read_split` parses a preprocess folder's shards back. TensorFlow is imported
+inside the functions: importing this module is free.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from core import layouts
+from core.errors import StepError
 
 IMAGE = "image/encoded"
 IMAGE_FORMAT = "image/format"
@@ -16,16 +21,6 @@ ID = "id"
 CATEGORY = "label/category"
 SUBCATEGORY = "label/subcategory"
 ATTRIBUTES = "label/attributes"
-
-STATS_FILE = "stats.json"
-REJECTS_FILE = "rejects.jsonl"
-LABELS_FILE = "labels.json"
-
-
-def shard_pattern(split: str, compression: str = "none") -> str:
-    """Glob of one split's shard files inside the preprocess output folder."""
-    return f"{split}-*.tfrecord" + (".gz" if compression == "gzip" else "")
-
 
 def make_example(
     image: bytes,
@@ -83,3 +78,46 @@ def feature_spec(num_attributes: int) -> dict[str, Any]:
         ORIGINAL_HEIGHT: tf.io.FixedLenFeature([], tf.int64, default_value=0),
         ORIGINAL_WIDTH: tf.io.FixedLenFeature([], tf.int64, default_value=0),
     }
+
+
+def split_files(data_dir: str | Path, split: str) -> list[str]:
+    """Sorted shard files of one split; raises StepError when there are none."""
+    stats = layouts.read_stats(data_dir)
+    pattern = layouts.shard_pattern(split, stats.get("compression", "none"))
+    files = sorted(str(p) for p in Path(data_dir).glob(pattern))
+    if not files:
+        raise StepError(f"no {split} shards ({pattern}) in {data_dir}: re-run `fashion preprocess`")
+    return files
+
+
+def read_split(data_dir: str | Path, split: str, decode: bool = True, num_parallel_calls: int | None = None):
+    """A `tf.data.Dataset` of parsed examples of one split, in file order (no shuffling).
+
+    Each element is a dict: `image` (uint8 HxWx3 when `decode`, else the encoded bytes), `id`,
+    `category`, `subcategory`, `attributes` (int64 multi-hot).
+    """
+    import tensorflow as tf
+
+    stats = layouts.read_stats(data_dir)
+    num_attributes = len(stats["labels"]["attributes"])
+    spec = feature_spec(num_attributes)
+    compression = "GZIP" if stats.get("compression", "none") == "gzip" else None
+    height, width = int(stats["image_height"]), int(stats["image_width"])
+    parallel = num_parallel_calls or tf.data.AUTOTUNE
+
+    def _parse(record):
+        ex = tf.io.parse_single_example(record, spec)
+        image = ex[IMAGE]
+        if decode:
+            image = tf.io.decode_image(image, channels=3, expand_animations=False)
+            image = tf.ensure_shape(image, [height, width, 3])
+        return {
+            "image": image,
+            "id": ex[ID],
+            "category": ex[CATEGORY],
+            "subcategory": ex[SUBCATEGORY],
+            "attributes": ex[ATTRIBUTES],
+        }
+
+    files = split_files(data_dir, split)
+    return tf.data.TFRecordDataset(files, compression_type=compression).map(_parse, num_parallel_calls=parallel)

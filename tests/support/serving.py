@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,21 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from components.common.config import Config, load_config
-from components.common.labels import LabelSchema
+from core.config import Config, load_config
+from core.labels import LabelSchema
+from tests.support.ports import free_port
 
 if TYPE_CHECKING:
     from serving.server.server import ModelServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO / "data" / "samples"
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_schema() -> LabelSchema:
