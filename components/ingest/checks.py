@@ -68,17 +68,26 @@ def _open_zip_cached(zip_path: str, mtime_ns: int, size: int) -> zipfile.ZipFile
     return zipfile.ZipFile(zip_path)
 
 
-def _extract_chunk(args: tuple[str, list[tuple[str, str]], int]) -> list[ImageCheck]:
-    """Extract zip members to their target paths and check the bytes read, in one pass."""
-    zip_path, pairs, min_side = args
+def _read_member(zf: zipfile.ZipFile, member: str, max_bytes: int) -> bytes:
+    """A member's bytes, streamed and cut off past `max_bytes` (a header can understate the size)."""
+    with zf.open(member) as fh:
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"larger than its header says and over the size limit ({max_bytes / 2**20:g} MB)")
+    return data
+
+
+def _extract_chunk(args: tuple[str, list[tuple[str, str]], int, int]) -> list[ImageCheck]:
+    """Extract (member, target) pairs of a zip, checking the bytes read; only usable photos are written."""
+    zip_path, pairs, min_side, max_bytes = args
     out = []
     stat = os.stat(zip_path)
     zf = _open_zip_cached(zip_path, stat.st_mtime_ns, stat.st_size)
     for member, target in pairs:
         try:
-            data = zf.read(member)
-            Path(target).write_bytes(data)
+            data = _read_member(zf, member, max_bytes)
             width, height = check_image_bytes(data, min_side)
+            Path(target).write_bytes(data)
         except (ValueError, OSError, zipfile.BadZipFile) as err:
             out.append(ImageCheck(uri=target, ok=False, error=str(err)))
             continue
@@ -123,13 +132,15 @@ def extract_and_check(
     workers: int = 2,
     progress: Callable[[int, int, float], None] | None = None,
     chunk_size: int = 256,
+    max_member_bytes: int = 64 * 1024 * 1024,
 ) -> list[ImageCheck]:
     """Extract (member, target path) pairs of a zip and check each photo from the bytes just read.
 
-    One read per photo serves both the copy to disk and the check; chunks run in parallel
-    processes, each with its own handle on the archive. Results are in input order.
+    One streamed read per photo serves both the check and the copy to disk; a photo that fails
+    the check is never written. Chunks run in parallel processes, each with its own handle on the
+    archive. Results are in input order.
     """
-    tasks = [(zip_path, list(c), min_side) for c in _chunks(pairs, chunk_size)]
+    tasks = [(zip_path, list(c), min_side, max_member_bytes) for c in _chunks(pairs, chunk_size)]
     return _run(_extract_chunk, tasks, len(pairs), workers, False, progress)
 
 

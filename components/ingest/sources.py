@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import logging
 import posixpath
 import zipfile
@@ -28,6 +29,10 @@ class Source:
         duplicate_images: image URIs whose id already had a photo (e.g. 12.jpg and 12.png).
         zip_path: for a zip source, the archive; its photos are not extracted yet.
         zip_members: for a zip source, target path in `images` -> archive member name.
+        encoding: how styles.csv was decoded (`utf-8`, `utf-8-sig`, or `latin-1` as a fallback).
+        encoding_fallback: True when styles.csv was not valid UTF-8 and was read as Latin-1.
+        ignored: files of the source that are not photos of the catalogue, each with the reason.
+        archive: for a zip source, the count of its members by kind (see `ZipLimits`).
     """
 
     uri: str
@@ -36,29 +41,67 @@ class Source:
     duplicate_images: list[str]
     zip_path: str = ""
     zip_members: dict[str, str] = field(default_factory=dict)
+    encoding: str = "utf-8"
+    encoding_fallback: bool = False
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    archive: dict[str, int] = field(default_factory=dict)
 
 
-def _index_images(uris: list[str]) -> tuple[dict[str, str], list[str]]:
+@dataclass(frozen=True)
+class ZipLimits:
+    """What a zip member may be before it is refused unread.
+
+    Attributes:
+        max_member_bytes: uncompressed size of one member.
+        max_total_bytes: uncompressed size of all the photos taken from the archive.
+        max_compression_ratio: uncompressed over compressed size of one member (zip bombs).
+    """
+
+    max_member_bytes: int = 64 * 1024 * 1024
+    max_total_bytes: int = 64 * 1024**3
+    max_compression_ratio: float = 100.0
+
+
+def normalise_id(item_id: str) -> str:
+    """The catalogue id as rows and photo file names both spell it: surrounding spaces removed."""
+    return item_id.strip()
+
+
+def _index_images(uris: list[str], names: dict[str, str] | None = None) -> tuple[dict[str, str], list[str], list]:
+    """Photos by id, later duplicates of an id, and the files that are not photos (with the reason)."""
     images: dict[str, str] = {}
     duplicates: list[str] = []
+    ignored: list[dict[str, str]] = []
     for uri in sorted(uris):
         name = posixpath.basename(uri)
         stem, suffix = posixpath.splitext(name)
+        stem = normalise_id(stem)
         if suffix.lower() not in IMAGE_SUFFIXES or not stem:
+            reason = f"not an image file name (expected <id>{'/'.join(IMAGE_SUFFIXES)})"
+            ignored.append({"name": (names or {}).get(uri, uri), "reason": reason})
             continue
         if stem in images:
             duplicates.append(uri)
         else:
             images[stem] = uri
-    return images, duplicates
+    return images, duplicates, ignored
 
 
-def _decode(data: bytes, where: str) -> str:
+def _decode(data: bytes, where: str) -> tuple[str, str, bool]:
+    """(text, encoding, fell back) of styles.csv: UTF-8 (with or without a BOM), else Latin-1."""
+    bom = data.startswith(codecs.BOM_UTF8)
+    body = data[len(codecs.BOM_UTF8) :] if bom else data
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        log.warning("%s is not UTF-8; reading it as Latin-1", where)
-        return data.decode("latin-1")
+        return body.decode("utf-8"), "utf-8-sig" if bom else "utf-8", False
+    except UnicodeDecodeError as err:
+        log.warning("%s is not UTF-8 (%s); reading it as Latin-1", where, err)
+        return body.decode("latin-1"), "latin-1", True
+
+
+def _unsafe(name: str) -> bool:
+    """A member name that could point outside the extraction folder (absolute, `..`, drive, backslash)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or "\\" in name or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
 def _open_folder(root: Path) -> Source:
@@ -67,48 +110,103 @@ def _open_folder(root: Path) -> Source:
         raise StepError(f"{root}: no {layouts.STYLES} found; expected the Kaggle layout styles.csv + images/<id>.jpg")
     image_dir = root / IMAGES_DIR
     files = [str(p) for p in image_dir.iterdir() if p.is_file()] if image_dir.is_dir() else []
-    images, dups = _index_images(files)
-    return Source(str(root), _decode(styles.read_bytes(), str(styles)), images, dups)
+    images, dups, ignored = _index_images(files)
+    text, encoding, fallback = _decode(styles.read_bytes(), str(styles))
+    return Source(str(root), text, images, dups, encoding=encoding, encoding_fallback=fallback, ignored=ignored)
 
 
-def _open_zip(path: Path, extract_dir: Path) -> Source:
+def _open_zip(path: Path, extract_dir: Path, limits: ZipLimits) -> Source:
+    """Index a zip's members without reading them: every member is a photo, styles.csv, or reported."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:
         raise StepError(f"{path}: not a readable zip archive ({err})") from err
     with zf:
-        names = zf.namelist()
-        styles = [n for n in names if posixpath.basename(n) == layouts.STYLES]
+        infos = zf.infolist()
+        styles = [
+            i.filename for i in infos if posixpath.basename(i.filename) == layouts.STYLES and not _unsafe(i.filename)
+        ]
         if not styles:
             raise StepError(f"{path}: the archive has no {layouts.STYLES}; expected styles.csv + images/<id>.jpg")
         styles_name = min(styles, key=len)
+        styles_info = zf.getinfo(styles_name)
+        if styles_info.file_size > limits.max_member_bytes:
+            raise StepError(
+                f"{path}!{styles_name} is {styles_info.file_size / 2**20:.0f} MB, over data.max_member_mb: "
+                "raise the limit if the catalogue really is that large"
+            )
         prefix = posixpath.dirname(styles_name)
         image_prefix = posixpath.join(prefix, IMAGES_DIR) + "/"
-        members = [
-            n for n in names if n.startswith(image_prefix) and not n.endswith("/") and "/" not in n[len(image_prefix) :]
-        ]
         target = extract_dir.resolve() / IMAGES_DIR
         target.mkdir(parents=True, exist_ok=True)
+        ignored: list[dict[str, str]] = []
+        members_by_target: dict[str, str] = {}
+        directories, total = 0, 0
+        for info in infos:
+            name = info.filename
+            if name == styles_name:
+                continue
+            if info.is_dir():
+                directories += 1
+                continue
+            reason = _member_problem(info, name, image_prefix, limits)
+            if not reason and total + info.file_size > limits.max_total_bytes:
+                reason = f"over the archive's total size limit (data.max_archive_gb {limits.max_total_bytes / 2**30:g})"
+            if reason:
+                ignored.append({"name": name, "reason": reason})
+                continue
+            total += info.file_size
+            members_by_target[str(target / posixpath.basename(name))] = name
         # Photos are extracted by the check step, which reads each member once for both jobs.
-        members_by_target = {str(target / posixpath.basename(n)): n for n in members}
-        text = _decode(zf.read(styles_name), f"{path}!{styles_name}")
-    images, dups = _index_images(list(members_by_target))
-    return Source(str(path), text, images, dups, zip_path=str(path), zip_members=members_by_target)
+        text, encoding, fallback = _decode(zf.read(styles_name), f"{path}!{styles_name}")
+    images, dups, not_photos = _index_images(list(members_by_target), members_by_target)
+    for entry in not_photos:
+        members_by_target.pop(str(target / posixpath.basename(entry["name"])), None)
+    archive = {"members": len(infos), "styles": 1, "directories": directories, "candidates": len(members_by_target)}
+    return Source(
+        str(path),
+        text,
+        images,
+        dups,
+        zip_path=str(path),
+        zip_members=members_by_target,
+        encoding=encoding,
+        encoding_fallback=fallback,
+        ignored=ignored + not_photos,
+        archive=archive,
+    )
+
+
+def _member_problem(info: zipfile.ZipInfo, name: str, image_prefix: str, limits: ZipLimits) -> str:
+    """Why a zip member is not taken as a photo ('' when it is a candidate)."""
+    if _unsafe(name):
+        return "unsafe path (absolute or with '..'): never extracted"
+    if not name.startswith(image_prefix):
+        return f"outside {IMAGES_DIR}/: only {image_prefix}<id>.jpg members are photos"
+    if "/" in name[len(image_prefix) :]:
+        return f"in a sub-folder of {IMAGES_DIR}/: photos must sit directly in {image_prefix}"
+    if info.file_size > limits.max_member_bytes:
+        size_mb, limit_mb = info.file_size / 2**20, limits.max_member_bytes / 2**20
+        return f"over the size limit ({size_mb:.1f} MB > data.max_member_mb {limit_mb:g})"
+    if info.compress_size and info.file_size / info.compress_size > limits.max_compression_ratio:
+        ratio = info.file_size / info.compress_size
+        return f"compression ratio {ratio:.0f}:1 over data.max_compression_ratio {limits.max_compression_ratio:g}"
+    return ""
 
 
 def _open_gcs(uri: str) -> Source:
     root = uri.rstrip("/")
     styles_uri = storage.join(root, layouts.STYLES)
     try:
-        text = _decode(storage.read_bytes(styles_uri), styles_uri)
+        text, encoding, fallback = _decode(storage.read_bytes(styles_uri), styles_uri)
     except storage.StorageError as err:
         raise StepError(f"cannot read the catalogue at {uri}: {err}") from err
-    images, dups = _index_images(list(storage.list_files(storage.join(root, IMAGES_DIR))))
-    return Source(uri, text, images, dups)
+    images, dups, ignored = _index_images(list(storage.list_files(storage.join(root, IMAGES_DIR))))
+    return Source(uri, text, images, dups, encoding=encoding, encoding_fallback=fallback, ignored=ignored)
 
 
-def open_source(uri: str, work_dir: str | Path) -> Source:
-    """Open a catalogue at `uri`; a zip is extracted under `work_dir`.
+def open_source(uri: str, work_dir: str | Path, limits: ZipLimits | None = None) -> Source:
+    """Open a catalogue at `uri`; a zip is extracted under `work_dir`, within `limits`.
 
     Raises:
         StepError: the source does not exist or does not have the expected layout.
@@ -122,5 +220,5 @@ def open_source(uri: str, work_dir: str | Path) -> Source:
     if path.is_dir():
         return _open_folder(path)
     if zipfile.is_zipfile(path):
-        return _open_zip(path, Path(work_dir))
+        return _open_zip(path, Path(work_dir), limits or ZipLimits())
     raise StepError(f"source {uri} is neither a folder, a .zip archive nor a gs:// URI")

@@ -16,7 +16,7 @@ from typing import Any
 
 from components.ingest.catalog import CatalogError, read_catalog
 from components.ingest.checks import check_images, extract_and_check
-from components.ingest.sources import open_source
+from components.ingest.sources import ZipLimits, open_source
 from core import layouts
 from core.config import Config
 from core.errors import StepError
@@ -109,7 +109,13 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels_cfg = config.labels
-    source = open_source(source_uri, out)
+    data_cfg = config.data
+    limits = ZipLimits(
+        max_member_bytes=int(data_cfg.max_member_mb * 2**20),
+        max_total_bytes=int(data_cfg.max_archive_gb * 2**30),
+        max_compression_ratio=data_cfg.max_compression_ratio,
+    )
+    source = open_source(source_uri, out, limits)
     try:
         catalog = read_catalog(source.styles_text)
     except CatalogError as err:
@@ -149,6 +155,7 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
             min_side=config.data.min_image_side,
             workers=config.data.validation_workers,
             progress=_progress,
+            max_member_bytes=limits.max_member_bytes,
         )
     else:
         checks = check_images(
@@ -220,7 +227,23 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
             attribute_values_left_out=rare_attribute_values,
         ),
         "labels": {k: v for k, v in schema.sizes.items()},
+        "styles_csv": {"encoding": source.encoding, "fallback": source.encoding_fallback},
+        "ignored_files": _entry(
+            [e["name"] for e in source.ignored],
+            reasons={e["name"]: e["reason"] for e in source.ignored},
+            note="files of the source that are not catalogue photos; none of them was extracted or read",
+        ),
     }
+    if source.zip_path:
+        archive = dict(source.archive)
+        images = archive.pop("candidates")
+        report["archive"] = {
+            **archive,
+            "images": images,
+            "ignored": source.ignored,
+            "balanced": archive["members"]
+            == archive["styles"] + images + archive["directories"] + len(source.ignored),
+        }
     excluded = {
         "malformed_rows": len(catalog.malformed),
         "duplicate_ids": len(duplicate_ids),
@@ -328,6 +351,10 @@ def summarize(report: dict[str, Any]) -> str:
     ]
     if report["missing_labels"]["count"]:
         notes.append(f"rows with an empty label cell {report['missing_labels']['count']}")
+    if report.get("ignored_files", {}).get("count"):
+        notes.append(f"files that are not catalogue photos {report['ignored_files']['count']} (see ignored_files)")
+    if report.get("styles_csv", {}).get("fallback"):
+        notes.append("styles.csv is not UTF-8 and was read as Latin-1")
     if notes:
         lines.append("also: " + ", ".join(notes))
     return "\n".join(lines)
