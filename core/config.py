@@ -42,6 +42,10 @@ class DataConfig:
     min_usable_fraction: float = field(default=0.5, metadata=_range(0.0, 1.0))
     min_image_side: int = field(default=8, metadata=_range(1, None))
     validation_workers: int = field(default=2, metadata=_range(1, 64))
+    # Zip sources: members over these limits are refused unread and reported (zip bombs, runaway files).
+    max_member_mb: float = field(default=64.0, metadata=_range(0.001, None))
+    max_archive_gb: float = field(default=64.0, metadata=_range(0.001, None))
+    max_compression_ratio: float = field(default=100.0, metadata=_range(1.0, None))
 
 
 @dataclass(frozen=True)
