@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 FORMATS = {"jpeg": "JPEG", "png": "PNG"}
@@ -30,7 +31,7 @@ def decode_image(data: bytes) -> Image.Image:
         with Image.open(io.BytesIO(data)) as img:
             # Load now: Pillow decodes lazily, and a truncated file only fails on load.
             img.load()
-            rgb = img.convert("RGB")
+            rgb = _to_rgb(img)
     except UnidentifiedImageError as err:
         raise ImageError("cannot decode image: not a recognised image format") from err
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
@@ -38,6 +39,21 @@ def decode_image(data: bytes) -> Image.Image:
     if rgb.width < 1 or rgb.height < 1:
         raise ImageError(f"image has no pixels ({rgb.width}x{rgb.height})")
     return rgb
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any Pillow mode, as TensorFlow's `decode_image(channels=3, dtype=uint8)` gives it.
+
+    Pillow's own `convert("RGB")` clips 16- and 32-bit greyscale to 255 (an almost white photo);
+    the served graph keeps the high byte, so 16-bit samples are shifted down by 8 bits here too.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(img, dtype=np.uint32)
+        # Mode "I" holds 16-bit PNG samples too (Pillow widens some of them); anything wider is clipped.
+        return Image.fromarray(np.minimum(wide >> 8, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
 
 
 def resize_image(

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import StepError
+
 SPLITS = ("train", "validation", "test")
 ATTRIBUTE_SEPARATOR = "="
 
@@ -129,8 +131,19 @@ class LabelSchema:
 
     @classmethod
     def load(cls, path: str | Path) -> LabelSchema:
-        """Read a schema written by `save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a schema written by `save`.
+
+        Raises:
+            StepError: the file is not valid JSON or not a label schema (it names the file).
+        """
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise StepError(
+                f"{path} is not a readable label schema ({type(err).__name__}: {err}): the folder is damaged; "
+                "re-run the step that wrote it"
+            ) from err
 
 
 def build_schema(

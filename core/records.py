@@ -80,6 +80,22 @@ def feature_spec(num_attributes: int) -> dict[str, Any]:
     }
 
 
+def decode_photo_tensor(data: Any) -> Any:
+    """Decode one encoded photo (scalar string tensor) to uint8 RGB: the project's one TensorFlow decode.
+
+    The trainer reads its shards and the exported serving graph reads client photos with it.
+    JPEGs use the accurate integer IDCT, the one Pillow (the preprocessing side) uses; TF's default
+    fast IDCT differs from it by more than a grey level per pixel on average.
+    """
+    import tensorflow as tf
+
+    return tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8),
+    )
+
+
 def split_files(data_dir: str | Path, split: str) -> list[str]:
     """Sorted shard files of one split; raises StepError when there are none."""
     stats = layouts.read_stats(data_dir)
@@ -109,8 +125,7 @@ def read_split(data_dir: str | Path, split: str, decode: bool = True, num_parall
         ex = tf.io.parse_single_example(record, spec)
         image = ex[IMAGE]
         if decode:
-            image = tf.io.decode_image(image, channels=3, expand_animations=False)
-            image = tf.ensure_shape(image, [height, width, 3])
+            image = tf.ensure_shape(decode_photo_tensor(image), [height, width, 3])
         return {
             "image": image,
             "id": ex[ID],

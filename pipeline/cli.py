@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from core.config import PRESETS, ConfigError, load_config, parse_overrides
 from core.errors import StepError
+from core.secrets import install_log_redaction, redact
 from core.storage import StorageError
 
 
@@ -65,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `fashion` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    install_log_redaction()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -73,10 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ConfigError as err:
-        print(f"fashion {args.command}: invalid configuration: {err}", file=sys.stderr)
+        print(f"fashion {args.command}: invalid configuration: {redact(str(err))}", file=sys.stderr)
         return 2
     except (StepError, StorageError) as err:
-        print(f"fashion {args.command}: {err}", file=sys.stderr)
+        print(f"fashion {args.command}: {redact(str(err))}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        # A file-system refusal the step did not foresee (a parent that is a file, no permission):
+        # one line with the path, not a traceback.
+        where = f" {err.filename}" if err.filename else ""
+        print(
+            f"fashion {args.command}: cannot use{where}: {err.strerror or err}; check the path and its permissions",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print(f"fashion {args.command}: interrupted", file=sys.stderr)

@@ -39,12 +39,17 @@ def _env(container):
 def test_mlflow_server_uses_postgres_and_gcs_artifacts(mlflow_objects):
     server = _container(mlflow_objects, "Deployment", "mlflow")
     args = server["args"]
-    assert any(a.startswith("--backend-store-uri=postgresql://") for a in args)
+    # The database password reaches MLflow through the environment, never the command line.
+    assert not any("POSTGRES_PASSWORD" in a or a.startswith("--backend-store-uri") for a in args)
     assert "--serve-artifacts" in args
     config = next(o for (kind, name), o in mlflow_objects.items() if kind == "ConfigMap")
     assert config["data"]["artifacts-destination"].startswith("gs://")
     env = _env(server)
     assert env["POSTGRES_PASSWORD"] == {"secretKeyRef": {"name": "mlflow-postgres", "key": "password"}}
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://$(POSTGRES_USER):$(POSTGRES_PASSWORD)@")
+    names = [e["name"] for e in server["env"]]
+    # Kubernetes expands $(VAR) only from variables defined earlier in the list.
+    assert names.index("POSTGRES_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI")
     assert env["ARTIFACTS_DESTINATION"]["configMapKeyRef"]["name"] == config["metadata"]["name"]
     assert server["readinessProbe"]["httpGet"]["path"] == "/health"
     assert server["resources"]["requests"]
@@ -66,7 +71,7 @@ def test_postgres_keeps_its_data_on_a_volume(mlflow_objects):
     mount = postgres["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]
     assert mount["name"] == claim["metadata"]["name"]
     assert claim["spec"]["resources"]["requests"]["storage"]
-    backend = next(a for a in _container(mlflow_objects, "Deployment", "mlflow")["args"] if "backend-store" in a)
+    backend = _env(_container(mlflow_objects, "Deployment", "mlflow"))["MLFLOW_BACKEND_STORE_URI"]
     service = mlflow_objects[("Service", "mlflow-postgres")]
     assert service["spec"]["ports"][0]["port"] == 5432 and ":5432/" in backend
 

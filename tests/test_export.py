@@ -7,6 +7,7 @@ import pytest
 
 from components.register import export
 from components.train.model_folder import load_model
+from core import records
 from core.errors import StepError
 from serving import contract as sig
 from tests.support import serving as testing
@@ -29,8 +30,8 @@ def test_export_agrees_with_the_keras_model_on_real_photos(exported, samples_dir
     out = {k: v.numpy() for k, v in serve(image_bytes=tf.constant(photos)).items()}
 
     keras_model = load_model(model_dir)
-    # The trainer reads the stored photos with TensorFlow's decoder (core.records).
-    images = np.stack([tf.io.decode_image(p, channels=3).numpy() for p in photos])
+    # The trainer reads the stored photos with the project's one TensorFlow decode (core.records).
+    images = np.stack([records.decode_photo_tensor(tf.constant(p)).numpy() for p in photos])
     expected = keras_model.predict(images, verbose=0)
     schema = testing.tiny_schema()
 

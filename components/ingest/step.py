@@ -107,7 +107,10 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
 
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StepError(f"cannot create the output folder {out}: {err.strerror}; choose another --out") from err
     labels_cfg = config.labels
     data_cfg = config.data
     limits = ZipLimits(

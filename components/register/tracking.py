@@ -25,6 +25,7 @@ from components.register.backend import backend_errors, is_already_exists, is_no
 from core import layouts, storage
 from core.config import Config
 from core.errors import StepError
+from core.secrets import redact
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +113,16 @@ def metric_name(name: str) -> str:
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config dict -> `section.field` strings (lists as comma-separated values)."""
+    """Nested config dict -> `section.field` strings (lists as comma-separated values, URI passwords redacted)."""
     out: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             out.update(flatten(value, f"{name}."))
         elif isinstance(value, list | tuple):
-            out[metric_name(name)] = ",".join(str(v) for v in value)
+            out[metric_name(name)] = redact(",".join(str(v) for v in value))
         else:
-            out[metric_name(name)] = "" if value is None else str(value)
+            out[metric_name(name)] = "" if value is None else redact(str(value))
     return out
 
 

@@ -74,7 +74,7 @@ def make_dataset(
         ds = ds.shuffle(train_cfg.shuffle_buffer, seed=train_cfg.seed, reshuffle_each_iteration=True)
 
     def _decode(example: dict[str, Any]) -> dict[str, Any]:
-        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        image = records.decode_photo_tensor(example["image"])
         return {**example, "image": tf.ensure_shape(image, shape)}
 
     ds = ds.map(lambda ex: to_pair(_decode(ex)), num_parallel_calls=_autotune())
