@@ -9,6 +9,7 @@ bucket, image tag) and passes them in as overrides.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from core.secrets import redact_value
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = ("ci", "demo", "cpu-full", "paper")
@@ -161,7 +164,7 @@ class ServingConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Orchestration: names, images and resources for the Kubeflow DAG."""
+    """Orchestration: names, images, resources and retries for the Kubeflow DAG."""
 
     name: str = "fashion-classifier"
     pipeline_root: str = ""
@@ -172,6 +175,10 @@ class PipelineConfig:
     train_cpu: str = "2"
     train_memory: str = "8G"
     preprocess_cpu: str = "2"
+    # Retries of the steps that touch storage or the registry; the first waits `retry_backoff_s`
+    # (whole seconds: KFP's retry policy has no finer unit), each next one twice as long.
+    retries: int = field(default=2, metadata=_range(0, 100))
+    retry_backoff_s: int = field(default=10, metadata=_range(0, 3600))
 
 
 @dataclass(frozen=True)
@@ -194,14 +201,18 @@ class Config:
         return _to_plain(self)
 
     def to_yaml(self) -> str:
-        """The resolved config as YAML, as saved next to every output."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The resolved config as YAML, as saved next to every output: URI passwords are redacted."""
+        return yaml.safe_dump(redact_value(self.to_dict()), sort_keys=False)
 
     def save(self, path: str | Path) -> Path:
-        """Write the resolved config as YAML to `path` and return it."""
+        """Write the resolved config as YAML to `path`, readable by its owner only, and return it."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # The mode of an existing file is not changed by os.open: set it explicitly.
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self.to_yaml())
         return path
 
 

@@ -12,10 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from core import storage
 from core.config import Config, load_config
-
-MODEL_CONFIG_FILE = "models.config"
 
 # (section, field) pairs carried by dedicated pipeline parameters rather than the overrides dict.
 DEDICATED = {
@@ -90,14 +87,3 @@ def step_config(preset: str, overrides: Mapping[str, Any], **dedicated: Any) -> 
         section, field_name = DEDICATED[param]
         layer.setdefault(section, {})[field_name] = dict(value) if isinstance(value, Mapping) else value
     return load_config(preset=preset, overrides=layer)
-
-
-def model_config_uri(model_base_path: str) -> str:
-    """The models.config the server reads and the deploy step rewrites: next to the model's base path.
-
-    TF Serving's usual layout: `<root>/models.config` beside `<root>/<model name>/<version>/`, so
-    the file never sits among the version folders the server scans.
-    """
-    base = model_base_path.rstrip("/")
-    parent = base.rsplit("/", 1)[0] if "/" in base.removeprefix("gs://") else base
-    return storage.join(parent, MODEL_CONFIG_FILE)

@@ -128,7 +128,8 @@ def deploy_model(
     from components.register import Registry
     from core import layouts
     from pipeline.metadata import describe_deployment
-    from pipeline.params import model_config_uri, step_config
+    from pipeline.params import step_config
+    from serving.model_config import model_config_uri
 
     config = step_config(
         preset,

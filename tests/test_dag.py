@@ -154,6 +154,19 @@ def test_steps_that_touch_storage_retry(paper_spec):
     assert tasks["ingest-images"][1]["retryPolicy"]["backoffDuration"] == "10s"
 
 
+def test_retries_and_backoff_come_from_the_config(tmp_path, paper_spec):
+    out = tmp_path / "ci.yaml"
+    assert main(["compile", "--preset", "ci", "--out", str(out), "--set", "pipeline.retries=4"]) == 0
+    tasks = _tasks(yaml.safe_load(out.read_text()))
+    policies = {name: t["retryPolicy"] for name, (_, t) in tasks.items() if "retryPolicy" in t}
+    assert set(policies) == {"ingest-images", "resize-images", "register-model", "deploy-model"}
+    # The ci preset retries at once; the tasks and edges are those of every other preset.
+    assert {(p["maxRetryCount"], p["backoffDuration"]) for p in policies.values()} == {(4, "0s")}
+    edges = {name: (dag, sorted(t.get("dependentTasks", []))) for name, (dag, t) in tasks.items()}
+    paper = {name: (dag, sorted(t.get("dependentTasks", []))) for name, (dag, t) in _tasks(paper_spec).items()}
+    assert edges == paper
+
+
 def test_parameters_carry_the_resolved_config(paper_spec):
     params = paper_spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {

@@ -247,7 +247,7 @@ def test_predictions_jsonl_has_one_record_per_product_with_labels_scores_and_pho
     assert rows[0]["attribute_scores"]["gender=Men"] == pytest.approx(0.6, abs=1e-4)
     assert rows[0]["correct"] is True
 
-    from components.deploy.step import load_expected
+    from components.deploy.smoke import load_expected
 
     expected = load_expected(out / "predictions.jsonl", limit=3)
     assert [e["category"] for e in expected] == ["Topwear", "Topwear", "Bottomwear"]

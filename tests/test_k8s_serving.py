@@ -11,6 +11,7 @@ import yaml
 
 from components.register import export
 from core.config import ServingConfig
+from serving import model_config
 from serving.client import PredictionClient
 from serving.server import config as server_config
 from tests.support import serving as testing
@@ -62,7 +63,7 @@ def test_manifests_run_the_official_image_on_the_project_config():
     assert args["enable_batching"] == "true"
 
     # ...and they are exactly the files the local server parses.
-    models = server_config.parse_model_server_config(config_map["data"]["models.config"])
+    models = model_config.parse_model_server_config(config_map["data"]["models.config"])
     (model,) = models.model_config_list.config
     assert model.name == serving.model_name and model.base_path.startswith("gs://")
     batching = server_config.parse_batching_parameters(config_map["data"]["batching_parameters.txt"])
@@ -96,7 +97,7 @@ def test_kustomize_build_agrees_with_the_python_rendering():
 @pytest.mark.server
 @pytest.mark.slow
 def test_local_server_serves_the_manifests_config_from_gcs(gcs_emulator, tmp_path):
-    models = server_config.read_model_server_config(str(K8S / "models.config"))
+    models = model_config.read_model_server_config(str(K8S / "models.config"))
     base_path = models.model_config_list.config[0].base_path
     bucket, _ = base_path[5:].split("/", 1)
     gcs_emulator.create_bucket(bucket)

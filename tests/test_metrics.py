@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -60,6 +62,21 @@ def test_top5_counts_the_true_class_among_the_five_highest_scores():
     assert m.top_k_accuracy(np.array([5, 1]), scores[:, :5]) == 1.0  # five classes or fewer: always in
 
 
+def test_top5_counts_a_tie_with_the_true_class_for_it_unlike_scikit_learn():
+    # Five classes tie behind class 0; scikit-learn keeps the highest indices, so class 1 falls out.
+    scores = np.array([[0.5, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    assert m.top_k_accuracy(np.array([1]), scores) == 1.0
+    assert skm.top_k_accuracy_score(np.array([1]), scores, k=5, labels=np.arange(6)) == 0.0
+
+
+def test_a_one_class_vocabulary_is_scored_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = m.class_metrics(np.zeros(3, dtype=int), np.zeros(3, dtype=int), np.ones((3, 1)))
+    assert (got.accuracy, got.macro_f1, got.of1) == (1.0, 1.0, 1.0)
+    assert got.confusion.tolist() == [[3]]
+
+
 @pytest.mark.parametrize("threshold", [0.5, 0.75])
 def test_attribute_threshold_metrics_match_scikit_learn(threshold):
     rng = np.random.default_rng(3)
@@ -73,6 +90,16 @@ def test_attribute_threshold_metrics_match_scikit_learn(threshold):
     cp, cr, _, _ = skm.precision_recall_fscore_support(true, decided, average="macro", zero_division=0)
     assert (got["cp"], got["cr"]) == pytest.approx((cp, cr))
     assert got["cf1"] == pytest.approx(2 * cp * cr / (cp + cr))
+
+
+def test_one_attribute_label_is_scored_as_a_label_and_none_scores_zero():
+    # scikit-learn reads a single column as a binary target with two classes; the metrics keep it one label.
+    one = m.threshold_metrics(np.array([[1], [0], [1], [0]]), np.array([[0.9], [0.8], [0.1], [0.2]]), 0.75)
+    assert one["precision"].tolist() == [0.5] and one["support"].tolist() == [2]
+    assert (one["op"], one["or"], one["cp"], one["macro_f1"]) == (0.5, 0.5, 0.5, 0.5)
+    none = m.threshold_metrics(np.zeros((4, 0)), np.zeros((4, 0)), 0.75)
+    assert none["precision"].shape == (0,)
+    assert (none["op"], none["of1"], none["cp"], none["cf1"], none["macro_f1"]) == (0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def test_a_score_equal_to_the_threshold_is_not_a_positive():

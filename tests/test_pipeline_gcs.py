@@ -10,7 +10,8 @@ from components.register import Registry
 from components.register.backend import embedded_backend
 from core import storage
 from core.config import load_config
-from pipeline.local import run_and_serve, stop_server
+from pipeline.local.run import run_and_serve
+from pipeline.local.server import stop_server
 from tests.support.catalogue import make_catalogue
 from tests.support.ports import free_port
 

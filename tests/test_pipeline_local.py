@@ -2,16 +2,59 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 from pathlib import Path
 
 import pytest
 
 from components.register import Registry
-from core.config import load_config
+from core.config import Config, load_config
 from pipeline.cli import main
-from pipeline.local import format_summary, run_and_serve, stop_server
+from pipeline.local.results import RunResult
+from pipeline.local.run import run_and_serve
+from pipeline.local.server import stop_server
+from pipeline.local.summary import format_summary
 from tests.support.catalogue import CLASSES, PER_CLASS, make_catalogue
 from tests.support.ports import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]
+
+
+@dataclasses.dataclass
+class LocalRun:
+    """A finished `run_and_serve` in its work directory, with the server it left up."""
+
+    result: RunResult
+    config: Config
+    workdir: Path
+    grpc_port: int
+    rest_port: int
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(config_tracking_uri(self.workdir), self.config.registry.model_name)
+
+    @property
+    def version(self) -> str:
+        """The registry version this run registered."""
+        return str(self.result.artifact("register-model", "saved_model")["metadata"]["version"])
+
+    @property
+    def serving_version(self) -> int:
+        """The version the server serves it as."""
+        return int(self.result.artifact("deploy-model", "deployment")["metadata"]["serving_version"])
+
+
+@dataclasses.dataclass
+class FailedRun:
+    """`fashion run` on a corrupt source, in the same work directory: its exit code and console output."""
+
+    source: Path
+    code: int
+    out: str
+    err: str
 
 
 @pytest.fixture(scope="module")
@@ -19,57 +62,27 @@ def catalogue(tmp_path_factory, demo_dir):
     return make_catalogue(demo_dir, tmp_path_factory.mktemp("catalogue"))
 
 
-@pytest.mark.slow
-@pytest.mark.server
-def test_local_run_serves_a_prediction_and_a_failing_run_keeps_the_champion(tmp_path, catalogue, samples_dir, capsys):
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, catalogue, samples_dir):
+    """One successful run of the whole DAG on the catalogue; its server is stopped after the module."""
     grpc_port, rest_port = free_port(), free_port()
     ports = {"grpc_port": grpc_port, "rest_port": rest_port}
-    workdir = tmp_path / "work"
+    workdir = tmp_path_factory.mktemp("local") / "work"
     config = load_config("ci", overrides={"data": {"source_uri": str(catalogue)}, "serving": ports})
     try:
         result = run_and_serve(config, workdir, samples_dir)
-        assert result.ok, result.error
-        assert {name: step.status for name, step in result.steps.items()} == {
-            "ingest-images": "succeeded",
-            "resize-images": "succeeded",
-            "train-model": "succeeded",
-            "evaluate-model": "succeeded",
-            "register-model": "succeeded",
-            "deploy-model": "succeeded",
-        }
-        manifest = result.artifact("ingest-images", "manifest")["metadata"]
-        assert manifest["usable"] == len(CLASSES) * PER_CLASS
-        assert sorted(manifest["subcategories"]) == sorted(CLASSES)
-        assert result.artifact("resize-images", "examples")["metadata"]["image_height"] == 80
-        assert result.steps["evaluate-model"].parameters["Output"] is True  # the gate's decision
-        metrics = result.artifact("evaluate-model", "metrics")["metadata"]
-        assert 0.0 <= metrics["category_accuracy"] <= 1.0
-        assert Path(result.artifact("evaluate-model", "report")["uri"]).read_text().lstrip().startswith("<")
-        version = str(result.artifact("register-model", "saved_model")["metadata"]["version"])
-        deployed = result.artifact("deploy-model", "deployment")["metadata"]
-        assert str(deployed["registry_version"]) == version
-        serving_version = int(deployed["serving_version"])
-        assert deployed["smoke"]["agreement"] >= 0.9
+        yield LocalRun(result, config, workdir, grpc_port, rest_port)
+    finally:
+        stop_server(workdir)
 
-        # A real gRPC answer from the served champion, for a photo that is in no catalogue.
-        prediction = result.prediction
-        assert prediction is not None
-        assert Path(prediction["photo"]).parent == samples_dir
-        assert Path(prediction["photo"]).name.startswith(("tshirts", "jeans", "watches", "casual-shoes"))
-        assert prediction["subcategory"] in CLASSES
-        assert 0.0 < prediction["subcategory_score"] <= 1.0
-        assert prediction["model_version"] == serving_version
-        registry = Registry(config_tracking_uri(workdir), config.registry.model_name)
-        assert registry.get_version("champion") == version
 
-        summary = format_summary(result)
-        expected = ("Gate: PASSED", f"registry version {version}", f"127.0.0.1:{grpc_port}", "Prediction over gRPC")
-        assert all(text in summary for text in expected), summary
-
-        # A corrupt source fails the run at ingest with ingest's own message, after its retries...
-        corrupt = tmp_path / "corrupt.zip"
-        corrupt.write_bytes((catalogue / "styles.csv").read_bytes()[:200])
-        capsys.readouterr()
+@pytest.fixture(scope="module")
+def failed_run(run, catalogue, tmp_path_factory):
+    """A corrupt source run through the CLI after `run`, against the same work directory and server."""
+    corrupt = tmp_path_factory.mktemp("corrupt") / "corrupt.zip"
+    corrupt.write_bytes((catalogue / "styles.csv").read_bytes()[:200])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(
             [
                 "run",
@@ -78,30 +91,76 @@ def test_local_run_serves_a_prediction_and_a_failing_run_keeps_the_champion(tmp_
                 "--source",
                 str(corrupt),
                 "--workdir",
-                str(workdir),
+                str(run.workdir),
                 "--set",
-                f"serving.grpc_port={grpc_port}",
+                f"serving.grpc_port={run.grpc_port}",
                 "--set",
-                f"serving.rest_port={rest_port}",
+                f"serving.rest_port={run.rest_port}",
             ]
         )
-        out, err = capsys.readouterr()
-        assert code == 1
-        assert "ingest-images failed" in err and str(corrupt) in err
-        assert "(attempt 3)" in out  # the storage step was retried twice before the run gave up
-        assert "The serving champion was left untouched." in out
-        assert f"Prediction over gRPC (stable = version {serving_version})" in out
-        # ...and the same server keeps serving the same champion.
-        assert "reused" in out and f"pid {result.server.pid}" in out
-        assert registry.get_version("champion") == version
-        from serving.client import PredictionClient
+    return FailedRun(corrupt, code, out.getvalue(), err.getvalue())
 
-        with PredictionClient(f"127.0.0.1:{grpc_port}", config.serving.model_name, label="stable") as client:
-            again = client.predict([Path(prediction["photo"]).read_bytes()])[0]
-        assert again["model_version"] == serving_version
-        assert again["subcategory"] == prediction["subcategory"]
-    finally:
-        stop_server(workdir)
+
+def test_every_step_succeeds_and_records_its_artifacts(run):
+    result = run.result
+    assert result.ok, result.error
+    assert {name: step.status for name, step in result.steps.items()} == {
+        "ingest-images": "succeeded",
+        "resize-images": "succeeded",
+        "train-model": "succeeded",
+        "evaluate-model": "succeeded",
+        "register-model": "succeeded",
+        "deploy-model": "succeeded",
+    }
+    manifest = result.artifact("ingest-images", "manifest")["metadata"]
+    assert manifest["usable"] == len(CLASSES) * PER_CLASS
+    assert sorted(manifest["subcategories"]) == sorted(CLASSES)
+    assert result.artifact("resize-images", "examples")["metadata"]["image_height"] == 80
+    assert result.steps["evaluate-model"].parameters["Output"] is True  # the gate's decision
+    metrics = result.artifact("evaluate-model", "metrics")["metadata"]
+    assert 0.0 <= metrics["category_accuracy"] <= 1.0
+    assert Path(result.artifact("evaluate-model", "report")["uri"]).read_text().lstrip().startswith("<")
+    deployed = result.artifact("deploy-model", "deployment")["metadata"]
+    assert str(deployed["registry_version"]) == run.version
+    assert deployed["smoke"]["agreement"] >= 0.9
+
+
+def test_the_deployed_champion_answers_a_grpc_prediction(run, samples_dir):
+    # A real gRPC answer from the served champion, for a photo that is in no catalogue.
+    prediction = run.result.prediction
+    assert prediction is not None
+    assert Path(prediction["photo"]).parent == samples_dir
+    assert Path(prediction["photo"]).name.startswith(("tshirts", "jeans", "watches", "casual-shoes"))
+    assert prediction["subcategory"] in CLASSES
+    assert 0.0 < prediction["subcategory_score"] <= 1.0
+    assert prediction["model_version"] == run.serving_version
+    assert run.registry.get_version("champion") == run.version
+
+
+def test_the_summary_shows_gate_version_endpoint_and_prediction(run):
+    summary = format_summary(run.result)
+    expected = ("Gate: PASSED", f"registry version {run.version}", f"127.0.0.1:{run.grpc_port}", "Prediction over gRPC")
+    assert all(text in summary for text in expected), summary
+
+
+def test_a_failing_run_reports_its_steps_error_and_keeps_the_champion(run, failed_run):
+    # A corrupt source fails the run at ingest with ingest's own message, after its retries...
+    out, err = failed_run.out, failed_run.err
+    assert failed_run.code == 1
+    assert "ingest-images failed" in err and str(failed_run.source) in err
+    assert "(attempt 3)" in out  # the storage step was retried twice before the run gave up
+    assert "The serving champion was left untouched." in out
+    assert f"Prediction over gRPC (stable = version {run.serving_version})" in out
+    # ...and the same server keeps serving the same champion.
+    assert "reused" in out and f"pid {run.result.server.pid}" in out
+    assert run.registry.get_version("champion") == run.version
+    from serving.client import PredictionClient
+
+    prediction = run.result.prediction
+    with PredictionClient(f"127.0.0.1:{run.grpc_port}", run.config.serving.model_name, label="stable") as client:
+        again = client.predict([Path(prediction["photo"]).read_bytes()])[0]
+    assert again["model_version"] == run.serving_version
+    assert again["subcategory"] == prediction["subcategory"]
 
 
 def config_tracking_uri(workdir: Path) -> str:

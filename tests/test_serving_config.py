@@ -12,6 +12,7 @@ import pytest
 
 from components.register import export
 from core.config import load_config
+from serving import model_config
 from serving.client import PredictionClient
 from serving.server import config as server_config
 from serving.server.batching import BatchScheduler
@@ -66,7 +67,7 @@ def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
 
         # TF Serving's rule: a label may only point at a version that is already AVAILABLE, so loading
         # version 2 and labelling it in one change is refused, and the previous config stays.
-        config = server_config.read_model_server_config(str(config_path))
+        config = model_config.read_model_server_config(str(config_path))
         pinned_cfg = next(m for m in config.model_config_list.config if m.name == "pinned")
         pinned_cfg.model_version_policy.specific.versions.append(2)
         pinned_cfg.version_labels["canary"] = 2

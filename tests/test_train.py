@@ -163,9 +163,9 @@ def test_batchnorm_recalibration_makes_inference_match_batch_statistics(shards):
 
     import keras
 
+    from components.train.callbacks import recalibrate_batchnorm
     from components.train.data import make_dataset
     from components.train.model import build_model
-    from components.train.step import recalibrate_batchnorm
 
     config = load_config("ci")
     model = build_model(dataclasses.replace(config.model, dropout=0.0), {"category": 3, "subcategory": 4,

@@ -105,15 +105,13 @@ def check_predictions(predictions: Mapping[str, np.ndarray], schema: LabelSchema
     return n
 
 
-def _per_class(names: list[str], cm: m.ClassMetrics) -> list[dict[str, Any]]:
+def _per_class(names: list[str], values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One JSON-ready record per class or label, from the per-class arrays of ClassMetrics or threshold_metrics."""
     return [
         {
             "name": name,
-            "precision": float(cm.precision[i]),
-            "recall": float(cm.recall[i]),
-            "f1": float(cm.f1[i]),
-            "support": int(cm.support[i]),
-            "predicted": int(cm.predicted[i]),
+            **{key: float(values[key][i]) for key in ("precision", "recall", "f1")},
+            **{key: int(values[key][i]) for key in ("support", "predicted")},
         }
         for i, name in enumerate(names)
     ]
@@ -222,7 +220,7 @@ def evaluate_predictions(
     names = {"category": schema.categories, "subcategory": schema.subcategories}
     for level in LEVELS:
         cm = chosen.levels[level]
-        rows = _per_class(names[level], cm)
+        rows = _per_class(names[level], vars(cm))
         details[level] = {
             "per_class": rows,
             "worst": worst_classes(rows),
@@ -253,16 +251,8 @@ def evaluate_predictions(
     }
     details["attributes"] = {
         "per_label": [
-            {
-                "name": name,
-                "precision": float(at_threshold["precision"][i]),
-                "recall": float(at_threshold["recall"][i]),
-                "f1": float(at_threshold["f1"][i]),
-                "support": int(at_threshold["support"][i]),
-                "predicted": int(at_threshold["predicted"][i]),
-                "ap": None if np.isnan(ap[i]) else float(ap[i]),
-            }
-            for i, name in enumerate(schema.attributes)
+            {**row, "ap": None if np.isnan(ap[i]) else float(ap[i])}
+            for i, row in enumerate(_per_class(schema.attributes, at_threshold))
         ],
         "groups": groups,
         "at_k": {"evaluated": at_k["evaluated"], "skipped_without_labels": at_k["skipped"]},

@@ -1,19 +1,21 @@
-"""The paper's metrics, vectorised in numpy: multi-class levels, multi-label attributes, the hierarchy.
+"""The paper's metrics: scikit-learn where it has the metric, the project's own numpy where it has none.
 
 Every function takes true labels and predicted scores as arrays (one row per product) and returns
-plain numbers or arrays; nothing here knows about files, models or TensorFlow. Conventions follow
-scikit-learn where it has the metric (0 where a ratio has an empty denominator, weighted averages
-weighted by true support, macro averages over the classes present in the truth or the
-predictions), so results can be checked against it.
+plain numbers or arrays; nothing here knows about files, models or TensorFlow. scikit-learn
+computes the generic figures (accuracy, precision, recall and F1 per class and averaged, the
+confusion matrix, average precision, precision-recall curves) with `zero_division=0`: 0 where a
+ratio has an empty denominator. What it lacks is written here, each piece saying why it is kept.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -32,16 +34,9 @@ def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
 # -- multi-class levels (category, sub-category) --------------------------------------------------
 
 
-def confusion_matrix(true: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts[t, p] of products with true class t predicted as p (int64, num_classes x num_classes)."""
-    true = np.asarray(true, dtype=np.int64)
-    pred = np.asarray(pred, dtype=np.int64)
-    flat = np.bincount(true * num_classes + pred, minlength=num_classes * num_classes)
-    return flat.reshape(num_classes, num_classes)
-
-
 def top_k_accuracy(true: np.ndarray, scores: np.ndarray, k: int = 5) -> float:
     """Share of products whose true class is among the k highest scores (all of them when k >= classes)."""
+    # Kept: scikit-learn's top_k_accuracy_score breaks ties by class index; here a tie counts for the true class.
     scores = np.asarray(scores, dtype=np.float64)
     if k >= scores.shape[1]:
         return 1.0
@@ -95,34 +90,50 @@ def class_metrics(true: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> Cla
     """
     true = np.asarray(true, dtype=np.int64)
     pred = np.asarray(pred, dtype=np.int64)
-    num_classes = np.asarray(scores).shape[1]
-    cm = confusion_matrix(true, pred, num_classes)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = _ratio(tp, predicted)
-    recall = _ratio(tp, support)
-    f1 = _f1(precision, recall)
-    total = support.sum()
-    weights = _ratio(support, total)
-    present = (support > 0) | (predicted > 0)
+    # Every class of the model, so the arrays line up with the vocabulary even where the test split lacks one.
+    labels = np.arange(np.asarray(scores).shape[1])
+    with warnings.catch_warnings():
+        # A one-class vocabulary gives a 1 x 1 matrix, and scikit-learn warns even though `labels` is passed.
+        warnings.filterwarnings("ignore", "A single label was found", UserWarning)
+        confusion = skm.confusion_matrix(true, pred, labels=labels)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        true, pred, labels=labels, average=None, zero_division=0
+    )
+    op, or_, of1, _ = skm.precision_recall_fscore_support(
+        true, pred, labels=labels, average="weighted", zero_division=0
+    )
     return ClassMetrics(
         precision=precision,
         recall=recall,
         f1=f1,
         support=support,
-        predicted=predicted,
-        confusion=cm,
-        accuracy=float(_ratio(tp.sum(), total)),
+        predicted=confusion.sum(axis=0),
+        confusion=confusion,
+        accuracy=float(skm.accuracy_score(true, pred)),
         top5_accuracy=top_k_accuracy(true, scores, 5),
-        op=float((weights * precision).sum()),
-        or_=float((weights * recall).sum()),
-        of1=float((weights * f1).sum()),
-        macro_f1=float(f1[present].mean()) if present.any() else 0.0,
+        op=float(op),
+        or_=float(or_),
+        of1=float(of1),
+        # Without `labels`, scikit-learn averages over the classes in the truth or the predictions only.
+        macro_f1=float(skm.f1_score(true, pred, average="macro", zero_division=0)),
     )
 
 
 # -- multi-label attributes -----------------------------------------------------------------------
+
+
+def _label_scores(true: np.ndarray, decided: np.ndarray, average: str | None) -> tuple:
+    """scikit-learn's precision, recall, F1 and support over label columns, for any number of labels."""
+    width = true.shape[1]
+    if width == 0:
+        # scikit-learn refuses a target without columns; an empty vocabulary scores 0.
+        return (np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0, np.int64)) if average is None else (0.0,) * 4
+    if width == 1:
+        # scikit-learn reads one column as a binary target (classes 0 and 1): score its positive class alone.
+        true, decided, labels = true[:, 0], decided[:, 0], [True]
+    else:
+        labels = None
+    return skm.precision_recall_fscore_support(true, decided, labels=labels, average=average, zero_division=0)
 
 
 def threshold_metrics(true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -137,29 +148,23 @@ def threshold_metrics(true: np.ndarray, scores: np.ndarray, threshold: float) ->
     """
     true = np.asarray(true).astype(bool)
     decided = np.asarray(scores) > threshold
-    tp = (true & decided).sum(axis=0)
-    support = true.sum(axis=0)
-    predicted = decided.sum(axis=0)
-    precision = _ratio(tp, predicted)
-    recall = _ratio(tp, support)
-    f1 = _f1(precision, recall)
-    op = float(_ratio(tp.sum(), predicted.sum()))
-    or_ = float(_ratio(tp.sum(), support.sum()))
-    cp = float(precision.mean()) if precision.size else 0.0
-    cr = float(recall.mean()) if recall.size else 0.0
+    precision, recall, f1, support = _label_scores(true, decided, None)
+    op, or_, of1, _ = _label_scores(true, decided, "micro")
+    cp, cr, macro_f1, _ = _label_scores(true, decided, "macro")
     return {
-        "op": op,
-        "or": or_,
-        "of1": float(_f1(np.float64(op), np.float64(or_))),
-        "cp": cp,
-        "cr": cr,
+        "op": float(op),
+        "or": float(or_),
+        "of1": float(of1),
+        "cp": float(cp),
+        "cr": float(cr),
+        # Kept: CF1 is the harmonic mean of CP and CR, which scikit-learn's macro F1 (mean per-label F1) is not.
         "cf1": float(_f1(np.float64(cp), np.float64(cr))),
-        "macro_f1": float(f1.mean()) if f1.size else 0.0,
+        "macro_f1": float(macro_f1),
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "support": support,
-        "predicted": predicted,
+        "predicted": decided.sum(axis=0),
     }
 
 
@@ -174,6 +179,7 @@ def metrics_at_k(true: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
         `evaluated` and `skipped` product counts, and per-product `hits` and `k`.
 
     """
+    # Kept: scikit-learn's ranking metrics take one k for all products, not each product's own count of true labels.
     true = np.asarray(true).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     k = true.sum(axis=1)
@@ -195,39 +201,16 @@ def metrics_at_k(true: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _sorted_columns(true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per label (column): truth and scores sorted by descending score, and the end of each tie group."""
-    order = np.argsort(-scores, axis=0, kind="stable")
-    s = np.take_along_axis(scores, order, axis=0)
-    y = np.take_along_axis(true, order, axis=0)
-    # A threshold sits after the last of tied scores: positions where the next score differs.
-    end = np.ones_like(s, dtype=bool)
-    end[:-1] = s[:-1] != s[1:]
-    return y, s, end
-
-
 def average_precision(true: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Non-interpolated average precision of every label (column), as scikit-learn computes it.
+    """Non-interpolated average precision of every label (column), by scikit-learn.
 
-    AP = sum over score thresholds of (recall step) x (precision at that threshold); tied scores
-    form one threshold. Labels with no positive product have no AP: NaN.
+    Labels with no positive product have no AP: NaN (scikit-learn would warn and give 0).
     """
-    true = np.asarray(true).astype(np.float64)
+    true = np.asarray(true).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
-    n = true.shape[0]
-    if n == 0:
-        return np.full(true.shape[1], np.nan)
-    y, _, end = _sorted_columns(true, scores)
-    tp = np.cumsum(y, axis=0)
-    precision = tp / np.arange(1, n + 1)[:, None]
-    # Each positive contributes the precision at the end of its tie group.
-    next_end = np.where(end, np.arange(n)[:, None], n - 1)
-    next_end = np.minimum.accumulate(next_end[::-1], axis=0)[::-1]
-    at_end = np.take_along_axis(precision, next_end, axis=0)
-    positives = y.sum(axis=0)
     ap = np.full(true.shape[1], np.nan)
-    has = positives > 0
-    ap[has] = (y * at_end).sum(axis=0)[has] / positives[has]
+    for j in np.flatnonzero(true.any(axis=0)):
+        ap[j] = skm.average_precision_score(true[:, j], scores[:, j])
     return ap
 
 
@@ -239,15 +222,12 @@ def precision_recall_curve(true: np.ndarray, scores: np.ndarray) -> tuple[np.nda
         positives.
 
     """
-    true = np.asarray(true).astype(np.float64)[:, None]
-    scores = np.asarray(scores, dtype=np.float64)[:, None]
-    positives = true.sum()
-    if positives == 0 or len(true) == 0:
+    true = np.asarray(true).astype(bool)
+    if not true.any():
         return np.empty(0), np.empty(0)
-    y, _, end = _sorted_columns(true, scores)
-    tp = np.cumsum(y[:, 0])
-    idx = np.flatnonzero(end[:, 0])
-    return tp[idx] / (idx + 1), tp[idx] / positives
+    precision, recall, _ = skm.precision_recall_curve(true, np.asarray(scores, dtype=np.float64))
+    # scikit-learn lists thresholds from low to high and appends the (precision 1, recall 0) end point.
+    return precision[-2::-1], recall[-2::-1]
 
 
 def group_accuracy(true: np.ndarray, scores: np.ndarray, groups: Mapping[str, Sequence[int]]) -> dict[str, dict]:
@@ -259,6 +239,7 @@ def group_accuracy(true: np.ndarray, scores: np.ndarray, groups: Mapping[str, Se
         group -> {"accuracy", "evaluated", "skipped"}.
 
     """
+    # Kept: scikit-learn has no arg-max accuracy over a subset of multi-hot columns that skips empty rows.
     true = np.asarray(true).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
     out: dict[str, dict] = {}
@@ -293,6 +274,7 @@ def allowed_matrix(pairs: Sequence[tuple[int, int]], num_categories: int, num_su
 
 def hierarchy_consistency(category: np.ndarray, subcategory: np.ndarray, allowed: np.ndarray) -> float:
     """Share of predicted (category, sub-category) pairs that occur in the category tree."""
+    # Kept: the category tree is this project's; scikit-learn has no notion of allowed label pairs.
     category = np.asarray(category, dtype=np.int64)
     if category.size == 0:
         return 0.0
@@ -311,6 +293,7 @@ def joint_decode(
         (category, sub-category, joint score) per product.
 
     """
+    # Kept: scikit-learn decodes each target alone; choosing the best pair of two levels is this project's.
     cat_p = np.asarray(category_scores, dtype=np.float64)
     sub_p = np.asarray(subcategory_scores, dtype=np.float64)
     cats, subs = np.nonzero(allowed)

@@ -1,8 +1,9 @@
 """The readable evaluation report: one document, rendered as self-contained HTML and as Markdown.
 
-The content is built once as a list of blocks (headings, paragraphs, tables, figures) and each
-renderer writes it in its format: the HTML page embeds the figures as base64 PNGs so it is one
-file a browser, kfp's HTML viewer or MLflow can show; the Markdown links the PNGs next to it.
+The content is built once, one function per section, as a list of blocks (headings, paragraphs,
+tables, figures), and each renderer writes it in its format: the HTML page embeds the figures as
+base64 PNGs so it is one file a browser, kfp's HTML viewer or MLflow can show; the Markdown links
+the PNGs next to it.
 """
 
 from __future__ import annotations
@@ -88,6 +89,65 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+# The levels in the order the report shows them: the finer, harder one first.
+SHOWN_LEVELS = (("subcategory", "sub-categories"), ("category", "categories"))
+
+
+def _cell(value: Any) -> str:
+    """A detail record's value as a table cell: names as they are, counts as integers, ratios as percentages."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return pct(value)
+
+
+def _record_table(records: Sequence[dict], columns: Sequence[tuple[str, str]], caption: str = "") -> Table:
+    """One row per detail record (a class, a label, a mistake); `columns` are (heading, record key) pairs."""
+    return Table([heading for heading, _ in columns], [[_cell(r[key]) for _, key in columns] for r in records], caption)
+
+
+def _scalar_rows(scalars: dict[str, float], prefixes: Sequence[str], metrics: Sequence[tuple[str, str]]) -> list:
+    """One row per (label, scalar name) pair of `metrics`: the label, then the scalar under each prefix."""
+    return [[label, *(pct(scalars[prefix + key]) for prefix in prefixes)] for label, key in metrics]
+
+
+def _fixed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if float(value).is_integer() and value > 1 else f"{value:.4f}"
+
+
+# -- sections -------------------------------------------------------------------------------------
+
+
+def _title_blocks(evaluation: Evaluation, context: dict[str, str]) -> list[Any]:
+    s = evaluation.scalars
+    decoding = "hierarchy-aware joint decoding" if evaluation.decoding == "joint" else "independent arg-max per level"
+    summary = (
+        f"{evaluation.details['num_test_examples']:,} test products. Headline figures use {decoding}; attributes "
+        f"are predicted when their score is above {evaluation.threshold:g}."
+    )
+    tiles = [
+        ("category accuracy", "category_accuracy"),
+        ("sub-category accuracy", "subcategory_accuracy"),
+        ("sub-category OF1", "subcategory_of1"),
+        ("attributes OF1", "attributes_of1"),
+        ("attributes mAP", "attributes_map"),
+        ("hierarchy consistency", "hierarchy_consistency"),
+    ]
+    return [
+        Heading("Model evaluation on the test split", 1),
+        *(Paragraph(f"{k}: {v}") for k, v in context.items()),
+        Paragraph(summary),
+        Tiles([(label, pct(s[key])) for label, key in tiles]),
+    ]
+
+
 def _gate_blocks(gate: GateDecision) -> list[Any]:
     verdict = "BLESSED: may replace the champion" if gate.blessed else "NOT BLESSED: production keeps the champion"
     blocks: list[Any] = [
@@ -95,24 +155,169 @@ def _gate_blocks(gate: GateDecision) -> list[Any]:
         Paragraph(gate.reason.split("; ")[0], "good" if gate.blessed else "bad"),
     ]
     if gate.checks:
-        rows = []
-        for c in gate.checks:
-            result = "skipped" if c.skipped else ("pass" if c.passed else "FAIL")
-            rows.append(
-                [
-                    c.metric,
-                    c.kind,
-                    "n/a" if c.value is None else f"{c.value:.4f}",
-                    "n/a" if c.reference is None else f"{c.reference:.4f}",
-                    "n/a" if c.bound is None else f"{c.bound:.4f}",
-                    result,
-                    c.message,
-                ]
-            )
-        blocks.append(
-            Table(["metric", "check", "value", "floor / champion", "least passing", "result", "detail"], rows)
-        )
+        rows = [
+            [
+                c.metric,
+                c.kind,
+                _fixed(c.value),
+                _fixed(c.reference),
+                _fixed(c.bound),
+                "skipped" if c.skipped else ("pass" if c.passed else "FAIL"),
+                c.message,
+            ]
+            for c in gate.checks
+        ]
+        columns = ["metric", "check", "value", "floor / champion", "least passing", "result", "detail"]
+        blocks.append(Table(columns, rows))
     return blocks
+
+
+def _level_blocks(evaluation: Evaluation, fig: dict[str, Figure]) -> list[Any]:
+    s = evaluation.scalars
+    d = evaluation.details
+    metrics = [
+        ("accuracy", "accuracy"),
+        ("top-5 accuracy", "top5_accuracy"),
+        ("OP (precision, support-weighted)", "op"),
+        ("OR (recall, support-weighted)", "or"),
+        ("OF1 (F1, support-weighted)", "of1"),
+        ("macro-F1", "macro_f1"),
+    ]
+    classes = [
+        "classes in the test split / in the model",
+        *(f"{d[level]['classes_in_test']} / {d[level]['classes']}" for level in ("category", "subcategory")),
+    ]
+    rows = [*_scalar_rows(s, ("category_", "subcategory_"), metrics), classes]
+    blocks: list[Any] = [Heading("Category and sub-category"), Table(["metric", "category", "sub-category"], rows)]
+    worst_columns = [
+        ("class", "name"),
+        ("F1", "f1"),
+        ("precision", "precision"),
+        ("recall", "recall"),
+        ("test products", "support"),
+        ("predicted", "predicted"),
+    ]
+    for level, label in SHOWN_LEVELS:
+        pair = []
+        if d[level]["worst"]:
+            caption = f"Weakest {label}: lowest F1 among classes with at least {WORST_MIN_SUPPORT} test products"
+            pair.append(_record_table(d[level]["worst"], worst_columns, caption))
+        if d[level]["top_confusions"]:
+            columns = [("true", "true"), ("predicted as", "predicted"), ("products", "count")]
+            pair.append(_record_table(d[level]["top_confusions"], columns, f"Most frequent mistakes between {label}"))
+        if pair:
+            blocks += [Heading(f"Where the {label} go wrong"), Row(pair)]
+        if f"confusion_{level}" in fig:
+            blocks.append(fig[f"confusion_{level}"])
+    return blocks
+
+
+def _decoding_blocks(evaluation: Evaluation) -> list[Any]:
+    n = evaluation.details["num_test_examples"]
+    h = evaluation.details["hierarchy"]
+    prose = (
+        f"Joint decoding picks the (category, sub-category) pair with the highest product of "
+        f"probabilities among the {h['allowed_pairs']} pairs of the category tree; it changed the "
+        f"answer for {h['joint_changed_products']:,} of {n:,} products. Independent decoding gave "
+        f"{h['independent_inconsistent_products']:,} pairs that the tree does not contain."
+    )
+    metrics = [
+        ("category accuracy", "category_accuracy"),
+        ("sub-category accuracy", "subcategory_accuracy"),
+        ("category OF1", "category_of1"),
+        ("sub-category OF1", "subcategory_of1"),
+        ("sub-category macro-F1", "subcategory_macro_f1"),
+        ("hierarchy consistency", "hierarchy_consistency"),
+    ]
+    rows = _scalar_rows(evaluation.scalars, ("independent_", "joint_"), metrics)
+    pair = [Table(["metric", "independent", "joint"], rows)]
+    if h["top_inconsistent_pairs"]:
+        columns = [("predicted category", "category"), ("predicted sub-category", "subcategory"), ("products", "count")]
+        caption = "Most frequent pairs outside the tree (independent decoding)"
+        pair.append(_record_table(h["top_inconsistent_pairs"], columns, caption))
+    return [Heading("Independent vs hierarchy-aware decoding"), Paragraph(prose), Row(pair)]
+
+
+def _attribute_blocks(evaluation: Evaluation, fig: dict[str, Figure]) -> list[Any]:
+    a = evaluation.details["attributes"]
+    t = f"{evaluation.threshold:g}"
+    metrics = [
+        (f"OP (micro precision at {t})", "op"),
+        (f"OR (micro recall at {t})", "or"),
+        (f"OF1 (micro F1 at {t})", "of1"),
+        ("CP (per-label precision, mean)", "cp"),
+        ("CR (per-label recall, mean)", "cr"),
+        ("CF1", "cf1"),
+        ("P@k (k = true labels of the product)", "precision_at_k"),
+        ("R@k", "recall_at_k"),
+        ("F1@k", "f1_at_k"),
+        ("mAP (mean average precision)", "map"),
+    ]
+    groups = [
+        [group, str(len(evaluation.schema.attribute_groups[group])), pct(g["accuracy"]), f"{g['evaluated']:,}"]
+        for group, g in a["groups"].items()
+    ]
+    group_table = Table(
+        ["attribute group", "values", "arg-max accuracy", "products with a value"],
+        groups,
+        "Per attribute group: is the highest-scoring value a true one?",
+    )
+    blocks: list[Any] = [
+        Heading("Attributes"),
+        Row([Table(["metric", "value"], _scalar_rows(evaluation.scalars, ("attributes_",), metrics)), group_table]),
+    ]
+    skipped = a["at_k"]["skipped_without_labels"]
+    if skipped:
+        blocks.append(Paragraph(f"{skipped:,} products without any true attribute are not scored at k."))
+    labels = [r for r in a["per_label"] if r["ap"] is not None and r["support"] >= WORST_MIN_SUPPORT]
+    if labels:
+        columns = [
+            ("value", "name"),
+            ("AP", "ap"),
+            (f"precision at {t}", "precision"),
+            ("recall", "recall"),
+            ("test products", "support"),
+        ]
+        caption = (
+            f"Weakest attribute values: lowest average precision among values with at least "
+            f"{WORST_MIN_SUPPORT} test products"
+        )
+        blocks.append(_record_table(sorted(labels, key=lambda r: (r["ap"], -r["support"]))[:10], columns, caption))
+    if "attribute_pr_curves" in fig:
+        blocks.append(fig["attribute_pr_curves"])
+    return blocks
+
+
+def _per_class_blocks(evaluation: Evaluation) -> list[Any]:
+    d = evaluation.details
+    counts = [("test products", "support"), ("predicted", "predicted")]
+    ratios = [("precision", "precision"), ("recall", "recall"), ("F1", "f1")]
+    tables = [
+        (f"All {label}", d[level]["per_class"], [("class", "name"), *counts, *ratios]) for level, label in SHOWN_LEVELS
+    ]
+    label_columns = [
+        ("value", "name"),
+        ("test products", "support"),
+        (f"predicted at {evaluation.threshold:g}", "predicted"),
+        *ratios,
+        ("AP", "ap"),
+    ]
+    tables.append(("All attribute values", d["attributes"]["per_label"], label_columns))
+    blocks: list[Any] = [Heading("Per class")]
+    for title, records, columns in tables:
+        rows = sorted(records, key=lambda r: (-r["support"], r["name"]))
+        blocks.append(Details(f"{title} ({len(rows)}), by test products", [_record_table(rows, columns)]))
+    return blocks
+
+
+def _glossary_blocks(evaluation: Evaluation) -> list[Any]:
+    glossary = describe()
+    for group in evaluation.schema.attribute_groups:
+        glossary[group_key(group)] = f"{group}: share of products whose highest-scoring {group} value is a true one"
+    glossary.pop("attributes_<group>_accuracy", None)
+    rows = [[k, _fmt(evaluation.scalars.get(k)), v] for k, v in glossary.items()]
+    summary = "Metric names (metrics.json scalars, MLflow test.<name>, gate floors and tolerances)"
+    return [Details(summary, [Table(["name", "value", "meaning"], rows)])]
 
 
 def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, Path], context: dict[str, str]) -> list:
@@ -129,248 +334,18 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
         The list of blocks.
 
     """
-    s = evaluation.scalars
-    d = evaluation.details
-    n = d["num_test_examples"]
-    decoding = "hierarchy-aware joint decoding" if evaluation.decoding == "joint" else "independent arg-max per level"
-    blocks: list[Any] = [Heading("Model evaluation on the test split", 1)]
-    blocks += [Paragraph(f"{k}: {v}") for k, v in context.items()]
-    blocks.append(
-        Paragraph(
-            f"{n:,} test products. Headline figures use {decoding}; attributes are predicted when their "
-            f"score is above {evaluation.threshold:g}."
-        )
-    )
-    blocks.append(
-        Tiles(
-            [
-                ("category accuracy", pct(s["category_accuracy"])),
-                ("sub-category accuracy", pct(s["subcategory_accuracy"])),
-                ("sub-category OF1", pct(s["subcategory_of1"])),
-                ("attributes OF1", pct(s["attributes_of1"])),
-                ("attributes mAP", pct(s["attributes_map"])),
-                ("hierarchy consistency", pct(s["hierarchy_consistency"])),
-            ]
-        )
-    )
-    blocks += _gate_blocks(gate)
-
     fig = {k: Figure(figures[k], caption) for k, caption in FIGURE_CAPTIONS.items() if k in figures}
-
-    blocks.append(Heading("Category and sub-category"))
-    rows = [
-        [label, pct(s[f"category_{key}"]), pct(s[f"subcategory_{key}"])]
-        for label, key in (
-            ("accuracy", "accuracy"),
-            ("top-5 accuracy", "top5_accuracy"),
-            ("OP (precision, support-weighted)", "op"),
-            ("OR (recall, support-weighted)", "or"),
-            ("OF1 (F1, support-weighted)", "of1"),
-            ("macro-F1", "macro_f1"),
-        )
+    samples = [Heading("Test photos"), fig["samples"]] if "samples" in fig else []
+    return [
+        *_title_blocks(evaluation, context),
+        *_gate_blocks(gate),
+        *_level_blocks(evaluation, fig),
+        *_decoding_blocks(evaluation),
+        *_attribute_blocks(evaluation, fig),
+        *samples,
+        *_per_class_blocks(evaluation),
+        *_glossary_blocks(evaluation),
     ]
-    rows.append(
-        [
-            "classes in the test split / in the model",
-            f"{d['category']['classes_in_test']} / {d['category']['classes']}",
-            f"{d['subcategory']['classes_in_test']} / {d['subcategory']['classes']}",
-        ]
-    )
-    blocks.append(Table(["metric", "category", "sub-category"], rows))
-    for level, label in (("subcategory", "sub-categories"), ("category", "categories")):
-        pair = []
-        worst = d[level]["worst"]
-        if worst:
-            pair.append(
-                Table(
-                    ["class", "F1", "precision", "recall", "test products", "predicted"],
-                    [
-                        [
-                            r["name"],
-                            pct(r["f1"]),
-                            pct(r["precision"]),
-                            pct(r["recall"]),
-                            str(r["support"]),
-                            str(r["predicted"]),
-                        ]
-                        for r in worst
-                    ],
-                    f"Weakest {label}: lowest F1 among classes with at least {WORST_MIN_SUPPORT} test products",
-                )
-            )
-        confusions = d[level]["top_confusions"]
-        if confusions:
-            pair.append(
-                Table(
-                    ["true", "predicted as", "products"],
-                    [[c["true"], c["predicted"], str(c["count"])] for c in confusions],
-                    f"Most frequent mistakes between {label}",
-                )
-            )
-        if pair:
-            blocks.append(Heading(f"Where the {label} go wrong"))
-            blocks.append(Row(pair))
-        if f"confusion_{level}" in fig:
-            blocks.append(fig[f"confusion_{level}"])
-
-    h = d["hierarchy"]
-    blocks.append(Heading("Independent vs hierarchy-aware decoding"))
-    blocks.append(
-        Paragraph(
-            f"Joint decoding picks the (category, sub-category) pair with the highest product of "
-            f"probabilities among the {h['allowed_pairs']} pairs of the category tree; it changed the "
-            f"answer for {h['joint_changed_products']:,} of {n:,} products. Independent decoding gave "
-            f"{h['independent_inconsistent_products']:,} pairs that the tree does not contain."
-        )
-    )
-    rows = [
-        [label, pct(s[f"independent_{key}"]), pct(s[f"joint_{key}"])]
-        for label, key in (
-            ("category accuracy", "category_accuracy"),
-            ("sub-category accuracy", "subcategory_accuracy"),
-            ("category OF1", "category_of1"),
-            ("sub-category OF1", "subcategory_of1"),
-            ("sub-category macro-F1", "subcategory_macro_f1"),
-            ("hierarchy consistency", "hierarchy_consistency"),
-        )
-    ]
-    pair = [Table(["metric", "independent", "joint"], rows)]
-    if h["top_inconsistent_pairs"]:
-        pair.append(
-            Table(
-                ["predicted category", "predicted sub-category", "products"],
-                [[p["category"], p["subcategory"], str(p["count"])] for p in h["top_inconsistent_pairs"]],
-                "Most frequent pairs outside the tree (independent decoding)",
-            )
-        )
-    blocks.append(Row(pair))
-
-    a = d["attributes"]
-    blocks.append(Heading("Attributes"))
-    rows = [
-        [label, pct(s[f"attributes_{key}"])]
-        for label, key in (
-            (f"OP (micro precision at {evaluation.threshold:g})", "op"),
-            (f"OR (micro recall at {evaluation.threshold:g})", "or"),
-            (f"OF1 (micro F1 at {evaluation.threshold:g})", "of1"),
-            ("CP (per-label precision, mean)", "cp"),
-            ("CR (per-label recall, mean)", "cr"),
-            ("CF1", "cf1"),
-            ("P@k (k = true labels of the product)", "precision_at_k"),
-            ("R@k", "recall_at_k"),
-            ("F1@k", "f1_at_k"),
-            ("mAP (mean average precision)", "map"),
-        )
-    ]
-    groups = [
-        [group, str(len(evaluation.schema.attribute_groups[group])), pct(g["accuracy"]), f"{g['evaluated']:,}"]
-        for group, g in a["groups"].items()
-    ]
-    blocks.append(
-        Row(
-            [
-                Table(["metric", "value"], rows),
-                Table(
-                    ["attribute group", "values", "arg-max accuracy", "products with a value"],
-                    groups,
-                    "Per attribute group: is the highest-scoring value a true one?",
-                ),
-            ]
-        )
-    )
-    skipped = a["at_k"]["skipped_without_labels"]
-    if skipped:
-        blocks.append(Paragraph(f"{skipped:,} products without any true attribute are not scored at k."))
-    labels = [r for r in a["per_label"] if r["ap"] is not None and r["support"] >= WORST_MIN_SUPPORT]
-    if labels:
-        weakest = sorted(labels, key=lambda r: (r["ap"], -r["support"]))[:10]
-        blocks.append(
-            Table(
-                ["value", "AP", f"precision at {evaluation.threshold:g}", "recall", "test products"],
-                [[r["name"], pct(r["ap"]), pct(r["precision"]), pct(r["recall"]), str(r["support"])] for r in weakest],
-                f"Weakest attribute values: lowest average precision among values with at least "
-                f"{WORST_MIN_SUPPORT} test products",
-            )
-        )
-    if "attribute_pr_curves" in fig:
-        blocks.append(fig["attribute_pr_curves"])
-    if "samples" in fig:
-        blocks.append(Heading("Test photos"))
-        blocks.append(fig["samples"])
-    per_class = []
-    for level, label in (("subcategory", "sub-categories"), ("category", "categories")):
-        rows = sorted(d[level]["per_class"], key=lambda r: (-r["support"], r["name"]))
-        per_class.append(
-            Details(
-                f"All {label} ({len(rows)}), by test products",
-                [
-                    Table(
-                        ["class", "test products", "predicted", "precision", "recall", "F1"],
-                        [
-                            [
-                                r["name"],
-                                str(r["support"]),
-                                str(r["predicted"]),
-                                pct(r["precision"]),
-                                pct(r["recall"]),
-                                pct(r["f1"]),
-                            ]
-                            for r in rows
-                        ],
-                    )
-                ],
-            )
-        )
-    rows = sorted(a["per_label"], key=lambda r: (-r["support"], r["name"]))
-    per_class.append(
-        Details(
-            f"All attribute values ({len(rows)}), by test products",
-            [
-                Table(
-                    [
-                        "value",
-                        "test products",
-                        f"predicted at {evaluation.threshold:g}",
-                        "precision",
-                        "recall",
-                        "F1",
-                        "AP",
-                    ],
-                    [
-                        [
-                            r["name"],
-                            str(r["support"]),
-                            str(r["predicted"]),
-                            pct(r["precision"]),
-                            pct(r["recall"]),
-                            pct(r["f1"]),
-                            pct(r["ap"]),
-                        ]
-                        for r in rows
-                    ],
-                )
-            ],
-        )
-    )
-    blocks.append(Heading("Per class"))
-    blocks += per_class
-    glossary = describe()
-    for group in evaluation.schema.attribute_groups:
-        glossary[group_key(group)] = f"{group}: share of products whose highest-scoring {group} value is a true one"
-    glossary.pop("attributes_<group>_accuracy", None)
-    blocks.append(
-        Details(
-            "Metric names (metrics.json scalars, MLflow test.<name>, gate floors and tolerances)",
-            [Table(["name", "value", "meaning"], [[k, _fmt(s.get(k)), v] for k, v in glossary.items()])],
-        )
-    )
-    return blocks
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:,.0f}" if float(value).is_integer() and value > 1 else f"{value:.4f}"
 
 
 # -- renderers ------------------------------------------------------------------------------------
@@ -378,6 +353,12 @@ def _fmt(value: float | None) -> str:
 
 def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A pipe table: the heading row, its rule, then the rows."""
+    lines = ["| " + " | ".join(_md_cell(c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    return lines + ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
 
 
 def to_markdown(blocks: Sequence[Any]) -> str:
@@ -391,16 +372,12 @@ def to_markdown(blocks: Sequence[Any]) -> str:
         elif isinstance(block, Table):
             if block.caption:
                 out += [f"*{block.caption}*", ""]
-            out.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
-            out.append("|" + "|".join("---" for _ in block.columns) + "|")
-            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
-            out.append("")
+            out += [*_md_table(block.columns, block.rows), ""]
         elif isinstance(block, Figure):
             out += [f"![{block.caption}]({block.path.name})", "", f"*{block.caption}*", ""]
         elif isinstance(block, Tiles):
-            out.append("| " + " | ".join(_md_cell(label) for label, _ in block.items) + " |")
-            out.append("|" + "|".join("---" for _ in block.items) + "|")
-            out += ["| " + " | ".join(f"**{_md_cell(value)}**" for _, value in block.items) + " |", ""]
+            labels = [label for label, _ in block.items]
+            out += [*_md_table(labels, [[f"**{value}**" for _, value in block.items]]), ""]
         elif isinstance(block, Row):
             out.append(to_markdown(block.blocks))
         elif isinstance(block, Details):

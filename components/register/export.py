@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,9 @@ from core import layouts, storage
 from core.config import Config, config_from_dict
 from core.errors import StepError
 from core.labels import LabelSchema
+from core.records import decode_photo_tensor
 from serving import contract as sig
+from serving import store
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,16 @@ def model_image_size(model: Any) -> tuple[int, int]:
     if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] != 3:
         raise StepError(f"model input has shape {tuple(shape)}; expected (batch, height, width, 3)")
     return int(shape[1]), int(shape[2])
+
+
+def decode_photo(data: Any, height: int, width: int, resize_mode: str, pad_color: Sequence[int]) -> Any:
+    """Decode one encoded photo (a scalar string tensor) to RGB and fit it, as the served graph does.
+
+    `core.images.decode_image` is its twin on the preprocessing side; tests/test_decode_parity.py
+    holds the two to the same pixels for every photo mode and format.
+    """
+    image = decode_photo_tensor(data)
+    return fit_image(image, height, width, resize_mode, pad_color)
 
 
 def fit_image(image: Any, height: int, width: int, resize_mode: str, pad_color: Sequence[int]) -> Any:
@@ -102,8 +113,7 @@ def build_serving_module(model: Any, schema: LabelSchema, resize_mode: str, pad_
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=sig.INPUT_KEY)])
         def serve(self, image_bytes: Any) -> dict[str, Any]:
             def _decode(data: Any) -> Any:
-                image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-                return fit_image(image, height, width, resize_mode, pad_color)
+                return decode_photo(data, height, width, resize_mode, pad_color)
 
             def _predict() -> tuple[Any, Any, Any]:
                 images = tf.map_fn(
@@ -249,29 +259,6 @@ def export_model(
             "labels": schema.sizes,
         }
         (local / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
-        publish_version_dir(local, export_uri)
+        store.publish_version_dir(local, export_uri)
     log.info("exported %s -> %s (%dx%d, %s)", model_dir, export_uri, height, width, cfg.preprocess.resize_mode)
     return export_uri
-
-
-def publish_version_dir(local_dir: str | Path, version_uri: str) -> None:
-    """Copy a finished SavedModel folder into place so a polling server never sees half of it.
-
-    Locally the folder is copied under a hidden name and renamed (atomic on one filesystem). On
-    `gs://` there is no rename: files are uploaded with `saved_model.pb` last, and servers only
-    consider a version once that file exists.
-    """
-    local_dir = Path(local_dir)
-    if storage.is_gcs(version_uri):
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        files.sort(key=lambda p: p.name == "saved_model.pb")
-        for path in files:
-            storage.write_bytes(storage.join(version_uri, str(path.relative_to(local_dir))), path.read_bytes())
-        return
-    target = Path(version_uri)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".tmp-{target.name}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(local_dir, staging)
-    staging.rename(target)

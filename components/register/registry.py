@@ -225,6 +225,12 @@ class Registry:
         with self._errors(f"read version {version} of {self.model_name!r}"):
             return self._client.get_model_version(self.model_name, version)
 
+    def set_tag(self, alias_or_version: str | int, key: str, value: str) -> None:
+        """Set a tag on a version (or the version an alias points at)."""
+        version = self._resolve(alias_or_version)
+        with self._errors(f"tag version {version} of {self.model_name!r} with {key}"):
+            self._client.set_model_version_tag(self.model_name, version, key, value)
+
     def champion_metrics(self) -> dict[str, float] | None:
         """The champion's test metrics (the evaluation scalars of its run), None without a champion."""
         version = self.get_version(CHAMPION)

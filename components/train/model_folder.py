@@ -1,14 +1,87 @@
-"""A trained model folder: the one Keras model loader of the project, and running a model over a split."""
+"""A trained model folder: writing it, the one Keras model loader of the project, and running a model over a split.
+
+The folder's files are listed in docs/ARTIFACTS.md; their names are `core.layouts`'.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core import layouts, records
+from core.config import Config
 from core.errors import StepError
+from core.labels import LabelSchema
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a text file through a temporary file, so a reader never sees it half written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_model_atomically(model: Any, path: Path) -> None:
+    """Save a `.keras` model through a temporary file, so a crash mid-save leaves the previous file intact."""
+    tmp = path.with_name(f"tmp-{path.name}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def write_model_folder(
+    model_dir: str | Path,
+    model: Any,
+    config: Config,
+    schema: LabelSchema,
+    stats: Mapping[str, Any],
+    image_size: tuple[int, int],
+    summary: Mapping[str, Any],
+) -> Path:
+    """Write model.keras, labels.json, config.yaml, model_config.json and history.json.
+
+    Args:
+        model_dir: the model folder.
+        model: the trained model, with the weights to ship.
+        config: the resolved run configuration.
+        schema: the label vocabularies the model predicts.
+        stats: `stats.json` of the preprocess folder it was trained on.
+        image_size: height and width of the stored photos.
+        summary: the training outcome written as history.json (epochs, best epoch, per-epoch metrics).
+
+    Returns:
+        The path of model.keras.
+    """
+    import keras
+
+    from components.train.model import OUTPUTS, build_model
+
+    out = Path(model_dir)
+    model_path = out / layouts.MODEL
+    # The shipped model is inference-only: float32 and without optimiser state (a third of the size).
+    export = build_model(config.model, schema.sizes, image_size)
+    export.set_weights(model.get_weights())
+    save_model_atomically(export, model_path)
+    schema.save(out / layouts.LABELS)
+    config.save(out / layouts.CONFIG)
+    model_config = {
+        "model": config.to_dict()["model"],
+        "sizes": schema.sizes,
+        "image_size": list(image_size),
+        "input": {"name": "image", "dtype": "uint8", "shape": [*image_size, 3]},
+        "outputs": list(OUTPUTS),
+        "params": int(model.count_params()),
+        "keras_backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "data": {"image_format": stats.get("image_format"), "resize_mode": stats.get("resize_mode")},
+    }
+    (out / layouts.MODEL_CONFIG).write_text(json.dumps(model_config, indent=2))
+    (out / layouts.HISTORY).write_text(json.dumps(dict(summary), indent=2))
+    return model_path
 
 
 def load_model(model_dir: str | Path) -> Any:

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     """Handle `fashion run`."""
     from core.errors import StepError
     from pipeline.cli import resolve_config
-    from pipeline.local import format_summary, run_and_serve
+    from pipeline.local.run import run_and_serve
+    from pipeline.local.summary import format_summary
 
     config = resolve_config(
         args,

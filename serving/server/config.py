@@ -1,10 +1,10 @@
-"""The server's configuration files, read exactly as TF Serving reads them.
+"""The server's batching parameters file and config paths, read exactly as TF Serving reads them.
 
-`models.config` is a text-format `tensorflow.serving.ModelServerConfig` (from
-tensorflow-serving-api). The batching parameters file is a text-format
-`tensorflow.serving.BatchingParameters`, whose proto is not shipped in the API package: its
-descriptor is built here with the same field names and numbers, so a file accepted here is
-accepted by `tensorflow_model_server --batching_parameters_file` and the other way round.
+The batching parameters file is a text-format `tensorflow.serving.BatchingParameters`, whose
+proto is not shipped in the API package: its descriptor is built here with the same field names
+and numbers, so a file accepted here is accepted by `tensorflow_model_server
+--batching_parameters_file` and the other way round. `models.config` is read and written by
+`serving.model_config`, which the deploy step shares.
 """
 
 from __future__ import annotations
@@ -13,21 +13,16 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from google.protobuf import text_format
 
 from core import storage
 from core.config import ServingConfig
-from core.errors import StepError
+from serving.model_config import ConfigFileError, read_config_text
 
 # TF Serving's defaults for fields the batching file leaves unset.
 DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_ENQUEUED_BATCHES = 10
-
-
-class ConfigFileError(StepError):
-    """A models.config or batching parameters file cannot be read or is invalid."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -128,7 +123,7 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
 
 def read_batching_parameters(uri: str) -> BatchingParameters:
     """Read a batching parameters file (local or `gs://`)."""
-    return parse_batching_parameters(_read_text(uri), uri)
+    return parse_batching_parameters(read_config_text(uri), uri)
 
 
 def render_batching_parameters(serving: ServingConfig, num_batch_threads: int = 0) -> str:
@@ -141,75 +136,6 @@ def render_batching_parameters(serving: ServingConfig, num_batch_threads: int = 
     if num_batch_threads:
         lines.append(f"num_batch_threads {{ value: {num_batch_threads} }}")
     return "\n".join(lines) + "\n"
-
-
-def _read_text(uri: str) -> str:
-    try:
-        return storage.read_bytes(uri).decode("utf-8")
-    except storage.StorageError as err:
-        raise ConfigFileError(f"cannot read {uri}: {err}") from err
-    except UnicodeDecodeError as err:
-        raise ConfigFileError(f"{uri} is not UTF-8 text: {err}") from err
-
-
-def parse_model_server_config(text: str, source: str = "model config") -> Any:
-    """Parse and validate a text-format ModelServerConfig."""
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as err:
-        raise ConfigFileError(f"{source}: not a valid ModelServerConfig text proto: {err}") from err
-    validate_model_server_config(config, source)
-    return config
-
-
-def validate_model_server_config(config: Any, source: str = "model config") -> None:
-    """Check what TF Serving checks before it applies a config: the list form, names, paths, platform."""
-    if config.WhichOneof("config") != "model_config_list":
-        raise ConfigFileError(f"{source}: only model_config_list is supported (custom_model_config is not)")
-    seen = set()
-    for model in config.model_config_list.config:
-        if not model.name:
-            raise ConfigFileError(f"{source}: a model config has no name")
-        if model.name in seen:
-            raise ConfigFileError(f"{source}: model {model.name!r} is configured twice")
-        seen.add(model.name)
-        if not model.base_path:
-            raise ConfigFileError(f"{source}: model {model.name!r} has no base_path")
-        if model.model_platform not in ("", "tensorflow"):
-            raise ConfigFileError(f"{source}: model {model.name!r}: platform {model.model_platform!r} is not supported")
-        policy = model.model_version_policy
-        if policy.WhichOneof("policy_choice") == "latest" and policy.latest.num_versions < 0:
-            raise ConfigFileError(f"{source}: model {model.name!r}: latest.num_versions must be positive")
-
-
-def read_model_server_config(uri: str) -> Any:
-    """Read a models.config file (local or `gs://`)."""
-    return parse_model_server_config(_read_text(uri), uri)
-
-
-def single_model_config(model_name: str, base_path: str) -> Any:
-    """The config TF Serving builds from `--model_name` and `--model_base_path`."""
-    from tensorflow_serving.config import model_server_config_pb2
-
-    config = model_server_config_pb2.ModelServerConfig()
-    model = config.model_config_list.config.add()
-    model.name = model_name
-    model.base_path = base_path
-    model.model_platform = "tensorflow"
-    return config
-
-
-def format_model_server_config(config: Any) -> str:
-    """Text-format form of a ModelServerConfig, as written to models.config."""
-    return text_format.MessageToString(config)
-
-
-def write_model_server_config(uri: str, config: Any) -> None:
-    """Write a ModelServerConfig as text (atomically for local files)."""
-    storage.write_bytes(uri, format_model_server_config(config).encode())
 
 
 def is_local(uri: str) -> bool:

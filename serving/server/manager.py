@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from core import storage
-from serving.server.config import BatchingParameters, validate_model_server_config
+from serving import store
+from serving.model_config import ConfigFileError, validate_model_server_config
+from serving.server.config import BatchingParameters
 from serving.server.errors import ServingError, failed_precondition, invalid_argument, not_found
 from serving.server.servable import Servable
 
 log = logging.getLogger(__name__)
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
-_VERSION_DIR = re.compile(r"^\d+$")
 
 
 @dataclass
@@ -60,26 +59,6 @@ class ManagerOptions:
     file_system_poll_wait_seconds: float = 1.0
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
-
-
-def list_versions(base_path: str) -> list[int]:
-    """Numeric version folders under a base path that hold a complete SavedModel."""
-    if storage.is_gcs(base_path):
-        if not storage.exists(base_path):
-            return []
-        root = base_path.rstrip("/") + "/"
-        found = set()
-        for uri in storage.list_files(base_path):
-            parts = uri[len(root) :].split("/")
-            if len(parts) == 2 and _VERSION_DIR.match(parts[0]) and parts[1] == "saved_model.pb":
-                found.add(int(parts[0]))
-        return sorted(found)
-    root = Path(base_path)
-    if not root.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in root.iterdir() if _VERSION_DIR.match(p.name) and (p / "saved_model.pb").is_file()
-    )
 
 
 def aspired_versions(policy: Any, on_disk: list[int]) -> list[int]:
@@ -185,7 +164,7 @@ class ModelManager:
                 models = {n: m.config for n, m in self._models.items()}
             for name, model_config in models.items():
                 try:
-                    on_disk = list_versions(model_config.base_path)
+                    on_disk = store.list_versions(model_config.base_path)
                 except storage.StorageError as err:
                     log.warning("cannot list %s for model %s: %s", model_config.base_path, name, err)
                     continue
@@ -213,7 +192,7 @@ class ModelManager:
             if AVAILABLE in states and settled:
                 to_unload = [e for v, e in model.versions.items() if v not in aspired and e.state == AVAILABLE]
         for entry in to_load:
-            uri = storage.join(model_config.base_path, str(entry.version))
+            uri = store.version_uri(model_config.base_path, entry.version)
             t = threading.Thread(
                 target=self._load, args=(name, entry, uri), name=f"load-{name}-{entry.version}", daemon=True
             )
@@ -354,8 +333,6 @@ class ModelManager:
             ServingError: the config is invalid or a label points at an unavailable version; the
                 previous config stays in effect.
         """
-        from serving.server.config import ConfigFileError
-
         try:
             validate_model_server_config(config, "reload request")
         except ConfigFileError as err:

@@ -166,24 +166,14 @@ def encode_outputs(outputs: dict[str, np.ndarray], row_format: bool) -> dict:
 
 
 def status_json(response: Any) -> dict:
-    """GetModelStatusResponse in TF Serving's REST form (every field spelled out)."""
-    from tensorflow.core.protobuf import error_codes_pb2
-    from tensorflow_serving.apis import get_model_status_pb2
-
-    states = get_model_status_pb2.ModelVersionStatus.State
-    return {
-        "model_version_status": [
-            {
-                "version": str(s.version),
-                "state": states.Name(s.state),
-                "status": {
-                    "error_code": error_codes_pb2.Code.Name(s.status.error_code),
-                    "error_message": s.status.error_message,
-                },
-            }
-            for s in response.model_version_status
-        ]
-    }
+    """GetModelStatusResponse in TF Serving's REST form (every field spelled out, `status` included)."""
+    response = type(response).FromString(response.SerializeToString())
+    for version_status in response.model_version_status:
+        # TF Serving always sets `status`; marking it present makes json_format print an OK status too.
+        version_status.status.SetInParent()
+    return json_format.MessageToDict(
+        response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 class RestApi:

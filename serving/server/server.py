@@ -12,9 +12,11 @@ from typing import Any
 import grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from core import storage
 from core.config import ServingConfig
 from core.errors import StepError
 from serving import contract as sig
+from serving import model_config
 from serving.server import config as server_config
 from serving.server.grpc_service import ModelService, PredictionService
 from serving.server.manager import ManagerOptions, ModelManager
@@ -79,11 +81,11 @@ class ModelServer:
         if bool(options.model_config_file) == bool(options.model_base_path):
             raise StepError("give exactly one of --model_config_file and --model_base_path")
         if options.model_config_file:
-            self._config_text = server_config.storage.read_bytes(options.model_config_file).decode()
-            config = server_config.parse_model_server_config(self._config_text, options.model_config_file)
+            self._config_text = storage.read_bytes(options.model_config_file).decode()
+            config = model_config.parse_model_server_config(self._config_text, options.model_config_file)
         else:
             self._config_text = ""
-            config = server_config.single_model_config(options.model_name, options.model_base_path)
+            config = model_config.single_model_config(options.model_name, options.model_base_path)
         self.manager = ModelManager(
             config,
             ManagerOptions(
@@ -143,14 +145,14 @@ class ModelServer:
 
         while not self._stop.wait(self.options.model_config_file_poll_wait_seconds):
             try:
-                text = server_config.storage.read_bytes(self.options.model_config_file).decode()
+                text = storage.read_bytes(self.options.model_config_file).decode()
                 if text == self._config_text:
                     continue
-                config = server_config.parse_model_server_config(text, self.options.model_config_file)
+                config = model_config.parse_model_server_config(text, self.options.model_config_file)
                 self.manager.reload_config(config)
                 self._config_text = text
                 log.info("reloaded %s", self.options.model_config_file)
-            except (StepError, ServingError, server_config.storage.StorageError, UnicodeDecodeError) as err:
+            except (StepError, ServingError, storage.StorageError, UnicodeDecodeError) as err:
                 log.error("config file %s not applied: %s", self.options.model_config_file, err)
 
     def stop(self, grace_s: float = 5.0) -> None:

@@ -8,16 +8,14 @@ export, and it exercises exactly the graph a trained model has.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.config import Config, load_config
 from core.labels import LabelSchema
+from pipeline import server_process
+from serving import model_config
 from tests.support.ports import free_port
 
 if TYPE_CHECKING:
@@ -88,23 +86,15 @@ def write_models_config(path: str | Path, models: Sequence[dict]) -> Path:
     Each model is a dict of `name`, `base_path`, and optionally `versions` (specific policy),
     `latest` (num_versions) or `all` (True), and `labels` (label -> version).
     """
-    lines = ["model_config_list {"]
+    config = model_config.new_model_server_config()
     for m in models:
-        lines += ["  config {", f'    name: "{m["name"]}"', f'    base_path: "{m["base_path"]}"']
-        lines.append('    model_platform: "tensorflow"')
-        if "versions" in m:
-            versions = " ".join(f"versions: {v}" for v in m["versions"])
-            lines.append(f"    model_version_policy {{ specific {{ {versions} }} }}")
-        elif "latest" in m:
-            lines.append(f"    model_version_policy {{ latest {{ num_versions: {m['latest']} }} }}")
-        elif m.get("all"):
-            lines.append("    model_version_policy { all {} }")
-        for label, version in (m.get("labels") or {}).items():
-            lines.append(f'    version_labels {{ key: "{label}" value: {version} }}')
-        lines.append("  }")
-    lines.append("}")
+        entry = model_config.add_model(config, m["name"], m["base_path"])
+        model_config.set_version_policy(
+            entry, specific=m.get("versions"), latest=m.get("latest"), all_versions=bool(m.get("all"))
+        )
+        model_config.set_labels(entry, m.get("labels") or {})
     path = Path(path)
-    path.write_text("\n".join(lines) + "\n")
+    model_config.write_model_server_config(str(path), config)
     return path
 
 
@@ -116,78 +106,17 @@ def start_local_server(model_config_file: str | Path, **options: object) -> Mode
     return ModelServer(ServerOptions(**{**settings, **options})).start()
 
 
-class ServerProcess:
-    """`fashion serve` in a subprocess on loopback ports; a context manager that waits until ready."""
+class ServerProcess(server_process.ServerProcess):
+    """`fashion serve` attached to the test on free loopback ports, from the repository root; waits until ready."""
 
     def __init__(self, args: Sequence[str], ready_timeout_s: float = 180.0, log_path: str | Path | None = None):
-        self.grpc_port = free_port()
-        self.rest_port = free_port()
-        self.args = [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "serve",
-            f"--port={self.grpc_port}",
-            f"--rest_api_port={self.rest_port}",
-            "--host=127.0.0.1",
-            *args,
-        ]
-        self.ready_timeout_s = ready_timeout_s
-        self.log_path = Path(log_path) if log_path else None
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def target(self) -> str:
-        """The gRPC target, host:port."""
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def rest_url(self) -> str:
-        """Base URL of the REST API."""
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    def start(self) -> ServerProcess:
-        """Start the server and block until its REST API answers."""
-        import urllib.request
-
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-        out = open(self.log_path, "wb") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(self.args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.rest_url}/v1/models", timeout=1):
-                    pass
-            except OSError as err:
-                # Any HTTP answer (even an error status) means the server is up and listening.
-                if getattr(err, "code", None):
-                    return self
-                time.sleep(0.3)
-                continue
-            return self
-        self.stop()
-        raise RuntimeError(f"server not ready after {self.ready_timeout_s}s: {self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        """The end of the server's log, for failure messages."""
-        if self.log_path and self.log_path.exists():
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return "(no log)"
-
-    def stop(self) -> None:
-        """Terminate the server and wait for it."""
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(
+            args,
+            host="127.0.0.1",
+            grpc_port=free_port(),
+            rest_port=free_port(),
+            log_path=log_path,
+            env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            ready_timeout_s=ready_timeout_s,
+        )

@@ -1,0 +1,137 @@
+"""The deploy step's smoke check: a new version's served answers against the SavedModel and the evaluation.
+
+Known photos are sent to the new version by number. Its answers must equal the registered
+SavedModel's run in-process (the server loaded what was registered), and agree with the labels
+the evaluation step predicted for the same photos (what was registered is what was evaluated).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from core import storage
+from core.errors import StepError
+from serving import contract as sig
+from serving.client import PredictionClient
+
+# Served and in-process scores are the same graph on the same bytes; more than this is a different model.
+MAX_SCORE_DIFFERENCE = 1e-4
+
+
+def load_expected(predictions_path: str | Path, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` records of the evaluation's predictions.jsonl that name a photo.
+
+    Each usable record has the photo (`image_uri` or `image_path`) and the predicted labels,
+    as `pred_category`/`pred_subcategory` or `predicted: {category, subcategory}`.
+
+    Raises:
+        StepError: no record names a photo and its predicted labels.
+    """
+    records = []
+    for line in storage.read_bytes(str(predictions_path)).decode().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        predicted = record.get("predicted") if isinstance(record.get("predicted"), dict) else {}
+        uri = record.get("image_uri") or record.get("image_path")
+        category = record.get("pred_category", predicted.get("category"))
+        subcategory = record.get("pred_subcategory", predicted.get("subcategory"))
+        if uri and category is not None and subcategory is not None:
+            records.append({"id": record.get("id"), "uri": uri, "category": category, "subcategory": subcategory})
+        if len(records) >= limit:
+            break
+    if not records:
+        raise StepError(
+            f"{predictions_path} has no record with a photo and its predicted category and sub-category "
+            "(keys image_uri, pred_category, pred_subcategory)"
+        )
+    return records
+
+
+def served_outputs(client: PredictionClient, photos: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """Outputs of the client's version for photos (sent one at a time: no batch limit to respect).
+
+    Raises:
+        StepError: a Predict call failed.
+    """
+    rows: list[dict[str, np.ndarray]] = []
+    for photo in photos:
+        try:
+            rows.append(client.predict_raw([photo]).outputs)
+        except grpc.RpcError as err:
+            raise StepError(
+                f"smoke prediction on version {client.version} failed: {err.code().name}: {err.details()}"
+            ) from err
+    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+
+def _same(served: tuple[str, int], expected: str | int) -> bool:
+    name, index = served
+    return int(index) == expected if isinstance(expected, int) else name == str(expected)
+
+
+def _strings(values: np.ndarray) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def smoke_check(
+    client: PredictionClient,
+    saved_model_dir: Path,
+    photos: Sequence[bytes],
+    expected: Sequence[dict[str, Any]] = (),
+    min_agreement: float = 0.9,
+) -> dict[str, Any]:
+    """Served answers must equal the SavedModel's in-process answers and agree with the evaluation.
+
+    Args:
+        client: a client bound to the version under test (by number).
+        saved_model_dir: the registered SavedModel that version was published from.
+        photos: encoded photos to send; the first `len(expected)` are the evaluation's.
+        expected: the evaluation's records of those photos (see `load_expected`).
+        min_agreement: least share of `expected` whose labels must match.
+
+    Returns:
+        Figures of the check (photos, agreement, largest score difference).
+
+    Raises:
+        StepError: the endpoint answers differently, or agrees with the evaluation on fewer than
+            `min_agreement` of the photos.
+    """
+    import tensorflow as tf
+
+    version = client.version
+    if not photos:
+        raise StepError("no smoke photos: give known photos or the evaluation's predictions.jsonl")
+    served = served_outputs(client, photos)
+    local = tf.saved_model.load(str(saved_model_dir)).signatures[sig.SIGNATURE_NAME]
+    direct = {k: v.numpy() for k, v in local(image_bytes=tf.constant(list(photos))).items()}
+    if _strings(served[sig.CATEGORY]) != _strings(direct[sig.CATEGORY]) or _strings(
+        served[sig.SUBCATEGORY]
+    ) != _strings(direct[sig.SUBCATEGORY]):
+        raise StepError(f"version {version} answers differently from the registered SavedModel run in-process")
+    diff = float(np.abs(served[sig.CATEGORY_PROBABILITIES] - direct[sig.CATEGORY_PROBABILITIES]).max(initial=0.0))
+    if diff > MAX_SCORE_DIFFERENCE:
+        raise StepError(f"version {version} scores differ from the registered SavedModel by {diff:.2g}")
+    result: dict[str, Any] = {"photos": len(photos), "max_score_difference": diff}
+    if expected:
+        # The evaluation may name classes or give their indices; compare like with like.
+        cats = zip(_strings(served[sig.CATEGORY]), served[sig.CATEGORY_PROBABILITIES].argmax(-1), strict=True)
+        subs = zip(_strings(served[sig.SUBCATEGORY]), served[sig.SUBCATEGORY_PROBABILITIES].argmax(-1), strict=True)
+        agree = sum(
+            _same(cat, e["category"]) and _same(sub, e["subcategory"])
+            for cat, sub, e in zip(cats, subs, expected, strict=False)
+        )
+        agreement = agree / len(expected)
+        result.update(evaluation_photos=len(expected), agreement=agreement)
+        if agreement < min_agreement:
+            raise StepError(
+                f"version {version} agrees with the evaluation's predictions on {agree}/{len(expected)} photos "
+                f"({agreement:.0%} < {min_agreement:.0%}): the served model is not the evaluated one"
+            )
+    return result

@@ -1,0 +1,224 @@
+"""The Keras callbacks of training: per-epoch checkpoints and the resume state, batch-norm recalibration, scalars.
+
+The checkpoint folder (`checkpoints/` of the model folder) holds `last.keras` (model and optimiser
+after the last completed epoch), `best.weights.h5` (the best validation epoch's weights) and
+`state.json` (completed epochs, history, early-stopping counters and the settings it belongs to).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from components.train.model_folder import save_model_atomically, write_text_atomically
+from core import layouts
+from core.config import Config
+from core.errors import StepError
+
+log = logging.getLogger(__name__)
+
+
+def resume_key(config: Config) -> dict[str, Any]:
+    """The settings that must match for a checkpoint to be resumed (epochs may grow)."""
+    plain = config.to_dict()
+    train = {k: v for k, v in plain["train"].items() if k not in ("epochs", "early_stopping_patience")}
+    return {"model": plain["model"], "train": train}
+
+
+def resume_state(checkpoint_dir: Path, config: Config) -> dict[str, Any]:
+    """The training state to continue from: the saved one of an unfinished run, else a fresh one.
+
+    Args:
+        checkpoint_dir: the model folder's checkpoint folder.
+        config: the resolved run configuration.
+
+    Returns:
+        The state `EpochCheckpoint` keeps; `epochs_done` is 0 for a fresh run.
+
+    Raises:
+        StepError: the folder holds checkpoints of a run with other model/train settings.
+    """
+    state_path, model_path = checkpoint_dir / layouts.TRAIN_STATE, checkpoint_dir / layouts.LAST_CHECKPOINT
+    if not (state_path.is_file() and model_path.is_file()):
+        return {
+            "epochs_done": 0,
+            "best": float("inf"),
+            "best_epoch": 0,
+            "wait": 0,
+            "history": {},
+            "stopped_early": False,
+            "config": resume_key(config),
+        }
+    state = json.loads(state_path.read_text())
+    if state.get("config") != resume_key(config):
+        raise StepError(
+            f"{checkpoint_dir} holds checkpoints of a run with different model/train settings: "
+            "use a new --out folder, or delete the checkpoints to start over"
+        )
+    return state
+
+
+# The library's callbacks were read (keras 3.15 src/callbacks/) and each breaks a guarantee this one keeps:
+# Not BackupAndRestore: its metadata holds only the epoch, so another configuration's backup is resumed unasked.
+# Not ModelCheckpoint: it saves over last.keras in place (opened "wb"), so a kill mid-save loses the only checkpoint.
+# Not EarlyStopping: on_train_begin resets wait and best, and best weights live in memory: a resume loses both.
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights and optimiser) after every epoch, tracks the best epoch and stops early.
+
+    `state.json` records completed epochs, the history so far and the early-stopping counters,
+    written after the model file, so a crash mid-save leaves the previous checkpoint usable.
+    """
+
+    def __init__(self, checkpoint_dir: Path, patience: int, state: dict[str, Any], log_every: bool = True):
+        super().__init__()
+        self.dir = checkpoint_dir
+        self.patience = patience
+        self.state = state
+        self.log_every = log_every
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        """Remember when the epoch started, for the progress line."""
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        """Checkpoint, update the best epoch and the early-stopping counter."""
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        state = self.state
+        for key, value in logs.items():
+            state["history"].setdefault(key, []).append(value)
+        monitor = logs.get("val_loss", logs.get("loss", float("inf")))
+        if monitor < state["best"]:
+            state["best"], state["best_epoch"], state["wait"] = monitor, epoch + 1, 0
+            self.model.save_weights(self.dir / layouts.BEST_WEIGHTS)
+        else:
+            state["wait"] += 1
+        state["epochs_done"] = epoch + 1
+        save_model_atomically(self.model, self.dir / layouts.LAST_CHECKPOINT)
+        write_text_atomically(self.dir / layouts.TRAIN_STATE, json.dumps(state, indent=1))
+        if self.log_every:
+            shown = ", ".join(
+                f"{k}={logs[k]:.4f}"
+                for k in ("loss", "val_loss", "val_category_accuracy", "val_subcategory_accuracy")
+                if k in logs
+            )
+            log.info(
+                "epoch %d/%d done in %.0fs: %s (best epoch %d)",
+                epoch + 1,
+                self.params.get("epochs", 0),
+                time.time() - self._start,
+                shown,
+                state["best_epoch"],
+            )
+        if self.patience > 0 and state["wait"] >= self.patience:
+            log.info("early stopping: val_loss has not improved for %d epochs", self.patience)
+            state["stopped_early"] = True
+            write_text_atomically(self.dir / layouts.TRAIN_STATE, json.dumps(state, indent=1))
+            self.model.stop_training = True
+
+
+def _batchnorm_layers(layer: Any) -> list[Any]:
+    """Every BatchNormalization layer of a model, including those inside nested backbones."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [layer]
+    return [bn for sub in getattr(layer, "layers", []) for bn in _batchnorm_layers(sub)]
+
+
+def recalibrate_batchnorm(model: keras.Model, dataset: Any, batches: int) -> int:
+    """Replace batch-norm moving statistics by their average over `batches` clean batches.
+
+    The moving averages are collected on augmented batches while the weights move fast, and
+    under a high learning rate they can lag far behind: a network scoring 80% with batch
+    statistics scored under 50% with its moving ones. Averaging fresh batch statistics of
+    non-augmented training photos makes inference match training. Returns the batches used.
+    """
+    layers = _batchnorm_layers(model)
+    if not layers:
+        return 0
+    saved = [bn.momentum for bn in layers]
+    used = 0
+    try:
+        for images, _ in dataset.take(batches):
+            used += 1
+            # momentum (k-1)/k turns the moving average into the plain mean of the k batches seen.
+            for bn in layers:
+                bn.momentum = (used - 1) / used
+            model(images, training=True)
+    finally:
+        for bn, momentum in zip(layers, saved, strict=True):
+            bn.momentum = momentum
+    return used
+
+
+class BatchNormRecalibration(keras.callbacks.Callback):
+    """Recalibrates batch-norm statistics (`recalibrate_batchnorm`) before every validation in `fit`."""
+
+    def __init__(self, dataset: Any, batches: int):
+        super().__init__()
+        self.dataset = dataset
+        self.batches = batches
+        self._fitting = False
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        """Validation runs from now on belong to `fit`."""
+        self._fitting = True
+
+    def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+        """Stop recalibrating."""
+        self._fitting = False
+
+    def on_test_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        """Recalibrate just before the epoch's validation, so checkpoints carry the new statistics."""
+        if self._fitting:
+            recalibrate_batchnorm(self.model, self.dataset, self.batches)
+
+
+class ScalarLogger(keras.callbacks.Callback):
+    """Per-epoch metrics as TensorBoard event files (`logs/train`, `logs/validation`).
+
+    Written with TensorFlow's own summary op and the scalars plugin's metadata, so TensorBoard
+    shows them as charts without the tensorboard package being installed in the training image.
+    """
+
+    def __init__(self, log_dir: Path):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self, name: str) -> Any:
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(str(self.log_dir / name))
+        return self._writers[name]
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        """Write every metric of the epoch; `val_` metrics go to the validation run."""
+        if keras.backend.backend() != "tensorflow":
+            return
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        metadata = summary_pb2.SummaryMetadata()
+        metadata.plugin_data.plugin_name = "scalars"
+        lr = self.model.optimizer.learning_rate
+        logs = {**(logs or {}), "learning_rate": float(np.asarray(lr))}
+        for key, value in logs.items():
+            run, tag = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            with self._writer(run).as_default():
+                tf.summary.write(f"epoch_{tag}", tf.constant(float(value), tf.float32), step=epoch, metadata=metadata)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+        """Close the event files."""
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()

@@ -1,0 +1,80 @@
+"""`fashion run` end to end: serve (or reuse the server), run the whole DAG locally, then ask the endpoint over gRPC."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.config import Config
+from core.errors import StepError
+from pipeline.local.results import RunResult
+from pipeline.local.runner import local_config, run_pipeline
+from pipeline.local.server import ServerHandle, ensure_server
+
+
+def pick_sample(samples_dir: str | Path, subcategories: list[str] | None = None) -> Path:
+    """A held-out photo for the end-of-run prediction, preferably of a class the model knows.
+
+    The bundled samples are named `<article-type>-<id>.jpg`; none is in any catalogue.
+
+    Raises:
+        StepError: the folder holds no photo.
+    """
+    photos = sorted(p for p in Path(samples_dir).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        raise StepError(f"{samples_dir}: no sample photos (.jpg/.png) to send to the endpoint")
+    known = {re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-") for s in subcategories or []}
+    for photo in photos:
+        if photo.stem.rsplit("-", 1)[0] in known:
+            return photo
+    return photos[0]
+
+
+def run_and_serve(
+    config: Config,
+    workdir: str | Path,
+    samples_dir: str | Path,
+    use_cache: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunResult:
+    """`fashion run`: serve (or reuse the server), run the whole DAG locally, then ask the endpoint over gRPC.
+
+    The server starts first because the deploy step verifies the live endpoint before it promotes
+    a version; when a step fails, nothing is published and the server keeps the current champion,
+    which then answers the prediction.
+
+    Returns:
+        The run result with the server handle and the prediction of the `stable` version (or why
+        there is none: nothing deployed yet).
+    """
+    config = local_config(config, workdir)
+    server = ensure_server(config, workdir)
+    echo(
+        f"==> serving {config.serving.model_name} from {config.serving.model_base_path} at {server.grpc_address} "
+        f"({'reused' if server.reused else 'started'}, pid {server.pid})"
+    )
+    result = run_pipeline(config, workdir, use_cache=use_cache, echo=echo)
+    result.server = server
+    # Whatever is `stable` answers: this run's model when it was deployed, else the champion an
+    # earlier run deployed (the gate kept this one out, or a step failed).
+    import grpc
+
+    labels = result.artifact("train-model", "model").get("metadata", {})
+    photo = pick_sample(samples_dir, labels.get("subcategories"))
+    try:
+        result.prediction = predict_photo(server, photo, config.serving.request_timeout_s)
+    except grpc.RpcError as err:
+        result.prediction_error = f"{err.code().name}: {err.details()}"
+    return result
+
+
+def predict_photo(server: ServerHandle, photo: str | Path, timeout_s: float = 30.0) -> dict[str, Any]:
+    """One real gRPC Predict call for `photo` to the version labelled `stable` (the champion)."""
+    from serving.client import PredictionClient
+    from serving.model_config import STABLE_LABEL
+
+    with PredictionClient(server.grpc_address, server.model_name, label=STABLE_LABEL, timeout_s=timeout_s) as client:
+        result = client.predict([Path(photo).read_bytes()])[0]
+    return {"photo": str(photo), **result}

@@ -1,0 +1,136 @@
+"""Run the whole DAG on this machine with kfp.local, in the project's own environment, under one work directory.
+
+The same `@dsl.pipeline` that compiles for a cluster runs here through `kfp.local`'s
+SubprocessRunner (no Docker, no pip installs). The work directory holds the pipeline root, the
+local step cache, the MLflow store and the model base path the local server polls. Progress is
+shown live (`progress`); what each step did is read back from kfp's files afterwards (`results`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from core import storage
+from core.config import Config
+from pipeline.local import progress
+from pipeline.local.results import RunResult, find_cache_hits, read_steps
+from pipeline.params import pipeline_arguments
+
+log = logging.getLogger(__name__)
+
+
+def local_config(config: Config, workdir: str | Path) -> Config:
+    """Fill the settings a local run keeps under `workdir` (MLflow store, model base path) when unset."""
+    from components.register.backend import embedded_backend
+
+    root = Path(workdir).resolve()
+    registry = config.registry
+    if not registry.tracking_uri:
+        # The steps run in their own folders, so the embedded store is pinned to the work directory.
+        embedded = embedded_backend(root)
+        (root / "mlflow").mkdir(parents=True, exist_ok=True)
+        registry = dataclasses.replace(
+            registry,
+            tracking_uri=embedded.tracking_uri,
+            artifact_uri=registry.artifact_uri or embedded.artifact_uri,
+        )
+    serving = config.serving
+    if not serving.model_base_path:
+        serving = dataclasses.replace(serving, model_base_path=str(root / "models" / serving.model_name))
+    return dataclasses.replace(config, registry=registry, serving=serving)
+
+
+def run_pipeline(
+    config: Config,
+    workdir: str | Path,
+    use_cache: bool = True,
+    echo: Callable[[str], None] = print,
+) -> RunResult:
+    """Run the whole DAG with kfp.local in this environment; never raises for a failed step.
+
+    Args:
+        config: the resolved run configuration (see `local_config` for what is filled in).
+        workdir: where the pipeline root, cache, MLflow store and model base path live.
+        use_cache: reuse the outputs of cached steps (ingest, preprocess) from earlier runs.
+        echo: where progress lines go.
+
+    Returns:
+        Every step's status, time and outputs; `ok` is False with `error` set when a step failed.
+    """
+    from kfp import local
+
+    from pipeline.dag import build_pipeline
+
+    workdir = Path(workdir).resolve()
+    pipeline_root = workdir / "pipeline"
+    cache_root = workdir / "cache"
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        raise_on_error=True,
+        enable_caching=use_cache,
+        cache_root=str(cache_root),
+    )
+    pipeline = build_pipeline(config)
+    arguments = pipeline_arguments(config)
+    before = {p.name for p in pipeline_root.iterdir()}
+    started = time.monotonic()
+    error = ""
+    with progress.tracking(echo) as (tracker, tee), _quiet_local_warnings():
+        try:
+            pipeline(**arguments)
+        except RuntimeError as err:
+            error = progress.plain(str(err))
+    seconds = time.monotonic() - started
+    runs = sorted(p for p in pipeline_root.iterdir() if p.name not in before and p.is_dir())
+    run_dir = runs[-1] if runs else None
+    cached = find_cache_hits(pipeline.pipeline_spec, arguments, cache_root, run_dir) if use_cache else {}
+    steps = read_steps(run_dir, cached)
+    for step in steps.values():
+        step.attempts = tracker.attempts.get(step.name, 0)
+        if step.status != "cached":
+            step.seconds = tracker.seconds.get(step.name)
+        if step.status == "failed":
+            step.message = tee.error_message(step.name) or "failed (see its log above)"
+    if any(step.status == "skipped (gate)" for step in steps.values()):
+        echo("==> gate not passed: register and deploy skipped, the champion keeps serving")
+    failed = [s for s in steps.values() if s.status == "failed"]
+    if failed:
+        error = f"step {failed[0].name} failed: {failed[0].message}"
+    result = RunResult(ok=not error, run_dir=str(run_dir or pipeline_root), seconds=seconds, steps=steps, error=error)
+    if storage.is_gcs(config.pipeline.pipeline_root) and run_dir is not None:
+        result.pipeline_root_uri = upload_run(run_dir, config.pipeline.pipeline_root)
+    return result
+
+
+def upload_run(run_dir: str | Path, pipeline_root: str) -> str:
+    """Copy a local run's outputs to `<pipeline_root>/<run name>/`, as KFP's launcher does on a cluster.
+
+    kfp.local keeps its pipeline root on the local disk (steps write through `artifact.path`);
+    on a cluster the launcher uploads each step's outputs to the gs:// pipeline root. Mirroring
+    the finished run gives a local run the same place in the bucket.
+
+    Returns:
+        The run's URI under the pipeline root.
+    """
+    target = storage.join(pipeline_root, Path(run_dir).name)
+    count = storage.copy_tree(str(run_dir), target)
+    log.info("uploaded %d files of the run to %s", count, target)
+    return target
+
+
+@contextlib.contextmanager
+def _quiet_local_warnings() -> Iterator[None]:
+    """kfp.local warns that images, resources and display names have no local effect; that is expected here."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*have no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=r".*custom or non-Python base image.*")
+        yield

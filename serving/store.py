@@ -1,0 +1,76 @@
+"""The model store: numbered SavedModel version folders under a model base path (local or `gs://`).
+
+TF Serving's layout: `<base path>/<version>/saved_model.pb`. A version is complete once its
+`saved_model.pb` exists; servers poll the base path and consider only complete versions, so
+versions are published so that no server sees half of one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from core import storage
+
+SAVED_MODEL_FILE = "saved_model.pb"
+_VERSION_DIR = re.compile(r"^\d+$")
+
+
+def version_uri(base_path: str, version: int) -> str:
+    """The folder of one version under a base path."""
+    return storage.join(base_path, str(version))
+
+
+def list_versions(base_path: str) -> list[int]:
+    """Numeric version folders under a base path that hold a complete SavedModel, ascending."""
+    if storage.is_gcs(base_path):
+        if not storage.exists(base_path):
+            return []
+        root = base_path.rstrip("/") + "/"
+        found = set()
+        for uri in storage.list_files(base_path):
+            parts = uri[len(root) :].split("/")
+            if len(parts) == 2 and _VERSION_DIR.match(parts[0]) and parts[1] == SAVED_MODEL_FILE:
+                found.add(int(parts[0]))
+        return sorted(found)
+    root = Path(base_path)
+    if not root.is_dir():
+        return []
+    return sorted(
+        int(p.name) for p in root.iterdir() if _VERSION_DIR.match(p.name) and (p / SAVED_MODEL_FILE).is_file()
+    )
+
+
+def publish_version_dir(local_dir: str | Path, version_uri: str) -> None:
+    """Copy a finished SavedModel folder into place so a polling server never sees half of it.
+
+    Locally the folder is copied under a hidden name and renamed (atomic on one filesystem). On
+    `gs://` there is no rename: files are uploaded with `saved_model.pb` last, and servers only
+    consider a version once that file exists.
+    """
+    local_dir = Path(local_dir)
+    if storage.is_gcs(version_uri):
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.name == SAVED_MODEL_FILE)
+        for path in files:
+            storage.write_bytes(storage.join(version_uri, str(path.relative_to(local_dir))), path.read_bytes())
+        return
+    target = Path(version_uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".tmp-{target.name}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(local_dir, staging)
+    staging.rename(target)
+
+
+def remove_version_dir(version_uri: str) -> None:
+    """Delete a version folder and everything in it; a folder that is already gone is fine."""
+    if storage.is_gcs(version_uri):
+        bucket, prefix = storage.split_gcs(version_uri)
+        client = storage.gcs_client()
+        for blob in client.list_blobs(bucket, prefix=prefix.rstrip("/") + "/"):
+            blob.delete()
+    else:
+        shutil.rmtree(version_uri, ignore_errors=True)
