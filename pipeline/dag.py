@@ -8,14 +8,15 @@ No `from __future__ import annotations` here: kfp reads the pipeline's parameter
 
 from kfp import dsl
 
-from core.config import Config, PipelineConfig
+from core.config import Config
 from pipeline.params import pipeline_arguments
 from pipeline.steps import build_components
 
 # Steps whose outputs are a pure function of their inputs: a re-run with the same arguments reuses them.
 CACHED_STEPS = ("ingest-images", "resize-images")
-# Steps that read or write object storage or the registry: transient failures are retried
-# (`config.pipeline.retries` times, after `retry_backoff_s`, doubling).
+# Steps that read or write object storage or the registry retry transient failures themselves
+# (core.retry: `config.pipeline.retries` times, after `retry_backoff_s`, doubling). kfp's task
+# retry is not used: it would repeat a user error or a corrupt input just the same.
 RETRIED_STEPS = ("ingest-images", "resize-images", "register-model", "deploy-model")
 
 DISPLAY_NAMES = {
@@ -26,12 +27,6 @@ DISPLAY_NAMES = {
     "register-model": "Register (MLflow)",
     "deploy-model": "Deploy (TF Serving)",
 }
-
-
-def _storage_step(task: dsl.PipelineTask, resources: PipelineConfig) -> dsl.PipelineTask:
-    return task.set_retry(
-        num_retries=resources.retries, backoff_duration=f"{resources.retry_backoff_s}s", backoff_factor=2.0
-    )
 
 
 def build_pipeline(config: Config, beam_args: list[str] | None = None):
@@ -66,12 +61,10 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None):
         beam_args: list = defaults["beam_args"],
     ):
         ingest = steps["ingest_images"](source_uri=source_uri, preset=preset, overrides=overrides)
-        _storage_step(ingest, resources)
-
         preprocess = steps["resize_images"](
             preset=preset, overrides=overrides, beam_args=beam_args, manifest=ingest.outputs["manifest"]
         )
-        _storage_step(preprocess, resources).set_cpu_request(resources.preprocess_cpu)
+        preprocess.set_cpu_request(resources.preprocess_cpu)
 
         train = steps["train_model"](preset=preset, overrides=overrides, examples=preprocess.outputs["examples"])
         train.set_caching_options(enable_caching=False)
@@ -103,7 +96,7 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None):
                 model=train.outputs["model"],
                 evaluation=evaluate.outputs["evaluation"],
             )
-            _storage_step(register, resources).set_caching_options(enable_caching=False)
+            register.set_caching_options(enable_caching=False)
             deploy = steps["deploy_model"](
                 preset=preset,
                 overrides=overrides,
@@ -113,7 +106,7 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None):
                 saved_model=register.outputs["saved_model"],
                 evaluation=evaluate.outputs["evaluation"],
             )
-            _storage_step(deploy, resources).set_caching_options(enable_caching=False)
+            deploy.set_caching_options(enable_caching=False)
 
         for task in (ingest, preprocess, train, evaluate, register, deploy):
             task.set_display_name(DISPLAY_NAMES[task.name])

@@ -24,6 +24,10 @@ DEDICATED = {
 }
 
 
+# The only `pipeline` settings a step reads at run time (core.retry).
+STEP_PIPELINE_FIELDS = ("retries", "retry_backoff_s")
+
+
 def _diff(value: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of `value` that differ from `base`, recursing into sections."""
     out: dict[str, Any] = {}
@@ -42,16 +46,16 @@ def config_overrides(config: Config) -> dict[str, Any]:
     """The fields of `config` that differ from its preset, minus those with a dedicated parameter.
 
     The `pipeline` section (images, resources, pipeline root) is left out: it shapes the compiled
-    DAG itself and means nothing to a step at run time.
+    DAG itself and means nothing to a step at run time, except the retry settings the steps apply.
     """
     plain = config.to_dict()
     base = load_config(preset=config.preset).to_dict()
     for section, field_name in DEDICATED.values():
         plain[section].pop(field_name)
         base[section].pop(field_name)
-    for key in ("preset", "pipeline"):
-        plain.pop(key)
-        base.pop(key)
+    for tree in (plain, base):
+        tree.pop("preset")
+        tree["pipeline"] = {k: tree["pipeline"][k] for k in STEP_PIPELINE_FIELDS}
     return _diff(plain, base)
 
 

@@ -19,10 +19,18 @@ from core.config import PipelineConfig
 def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Output[Dataset]):
     """Check and label the catalogue at `source_uri`; the manifest folder is the output Dataset."""
     from components.ingest import step as ingest
+    from core.retry import call_with_retries
     from pipeline.metadata import describe_manifest
     from pipeline.params import step_config
 
-    result = ingest.ingest_catalogue(source_uri, manifest.path, step_config(preset, overrides, source_uri=source_uri))
+    config = step_config(preset, overrides, source_uri=source_uri)
+    retry = config.pipeline
+    result = call_with_retries(
+        lambda: ingest.ingest_catalogue(source_uri, manifest.path, config),
+        retry.retries,
+        retry.retry_backoff_s,
+        "ingest",
+    )
     manifest.metadata.update(describe_manifest(result))
 
 
@@ -36,11 +44,18 @@ def resize_images(
     pipeline on Dataflow workers.
     """
     from components.preprocess import step as preprocess
+    from core.retry import call_with_retries
     from pipeline.metadata import describe_examples
     from pipeline.params import step_config
 
     config = step_config(preset, overrides)
-    result = preprocess.resize_images(manifest.path, examples.path, config, beam_args=list(beam_args) or None)
+    retry = config.pipeline
+    result = call_with_retries(
+        lambda: preprocess.resize_images(manifest.path, examples.path, config, beam_args=list(beam_args) or None),
+        retry.retries,
+        retry.retry_backoff_s,
+        "preprocess",
+    )
     examples.metadata.update(describe_examples(result))
 
 
@@ -101,12 +116,20 @@ def register_model(
 ):
     """Export the SavedModel, track the run in MLflow and register the version as the `challenger`."""
     from components import register
+    from core.retry import call_with_retries
     from pipeline.metadata import describe_registration
     from pipeline.params import step_config
 
     config = step_config(preset, overrides, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri)
-    result = register.register_model(
-        model.path, evaluation.path, saved_model.path, config, pipeline_run_id, manifest_uri=manifest.path
+    retry = config.pipeline
+    # Registration is idempotent per pipeline run id, so a retry never makes a second run or version.
+    result = call_with_retries(
+        lambda: register.register_model(
+            model.path, evaluation.path, saved_model.path, config, pipeline_run_id, manifest_uri=manifest.path
+        ),
+        retry.retries,
+        retry.retry_backoff_s,
+        "register",
     )
     saved_model.metadata.update(describe_registration(result))
 
@@ -127,6 +150,7 @@ def deploy_model(
     from components.deploy import step as deploy
     from components.register import Registry
     from core import layouts
+    from core.retry import call_with_retries
     from pipeline.metadata import describe_deployment
     from pipeline.params import step_config
     from serving.model_config import model_config_uri
@@ -140,12 +164,18 @@ def deploy_model(
     )
     serving = config.serving
     # deploy_model takes the registry's `challenger`: the version `saved_model` records, registered upstream.
-    result = deploy.deploy_model(
-        Registry.from_config(config),
-        config,
-        f"{serving.host}:{serving.grpc_port}",
-        model_config_uri(serving.model_base_path),
-        predictions_path=os.path.join(evaluation.path, layouts.PREDICTIONS),
+    # A failed deploy removes what it published, so it can run again from the start.
+    result = call_with_retries(
+        lambda: deploy.deploy_model(
+            Registry.from_config(config),
+            config,
+            f"{serving.host}:{serving.grpc_port}",
+            model_config_uri(serving.model_base_path),
+            predictions_path=os.path.join(evaluation.path, layouts.PREDICTIONS),
+        ),
+        config.pipeline.retries,
+        config.pipeline.retry_backoff_s,
+        "deploy",
     )
     deployment.metadata.update(describe_deployment(result, config, deployment.path))
 

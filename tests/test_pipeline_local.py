@@ -78,9 +78,11 @@ def run(tmp_path_factory, catalogue, samples_dir):
 
 @pytest.fixture(scope="module")
 def failed_run(run, catalogue, tmp_path_factory):
-    """A corrupt source run through the CLI after `run`, against the same work directory and server."""
-    corrupt = tmp_path_factory.mktemp("corrupt") / "corrupt.zip"
-    corrupt.write_bytes((catalogue / "styles.csv").read_bytes()[:200])
+    """A catalogue with no usable photo run through the CLI after `run`, against the same work directory and server."""
+    corrupt = tmp_path_factory.mktemp("corrupt") / "catalogue"
+    corrupt.mkdir()
+    # A real styles.csv cut short, and no photos: the source passes the pre-flight check, ingest rejects it.
+    (corrupt / "styles.csv").write_bytes((catalogue / "styles.csv").read_bytes()[:400])
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(
@@ -144,11 +146,11 @@ def test_the_summary_shows_gate_version_endpoint_and_prediction(run):
 
 
 def test_a_failing_run_reports_its_steps_error_and_keeps_the_champion(run, failed_run):
-    # A corrupt source fails the run at ingest with ingest's own message, after its retries...
+    # A catalogue without usable photos fails the run at ingest with ingest's own message, once...
     out, err = failed_run.out, failed_run.err
     assert failed_run.code == 1
-    assert "ingest-images failed" in err and str(failed_run.source) in err
-    assert "(attempt 3)" in out  # the storage step was retried twice before the run gave up
+    assert "ingest-images failed" in err and "usable" in err
+    assert "(attempt" not in out  # a permanent error is not retried
     assert "The serving champion was left untouched." in out
     assert f"Prediction over gRPC (stable = version {run.serving_version})" in out
     # ...and the same server keeps serving the same champion.
@@ -168,3 +170,49 @@ def config_tracking_uri(workdir: Path) -> str:
     from components.register.backend import embedded_backend
 
     return embedded_backend(workdir).tracking_uri
+
+
+def test_a_missing_source_fails_before_anything_starts(tmp_path, capsys):
+    workdir = tmp_path / "work"
+    grpc_port, rest_port = free_port(), free_port()
+    code = main(
+        [
+            "run",
+            "--preset=ci",
+            f"--source={tmp_path / 'no-such-catalogue'}",
+            f"--workdir={workdir}",
+            f"--set=serving.grpc_port={grpc_port}",
+            f"--set=serving.rest_port={rest_port}",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "does not exist" in err and len(err.strip().splitlines()) == 1
+    # No step ran and no server was started for it.
+    assert "==> [1/6]" not in out and "serving" not in out
+    assert not (workdir / "serving" / "server.json").exists()
+
+
+def test_a_failed_first_run_stops_the_server_it_started(tmp_path, catalogue, capsys):
+    import socket
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "styles.csv").write_bytes((catalogue / "styles.csv").read_bytes()[:400])
+    workdir, grpc_port, rest_port = tmp_path / "work", free_port(), free_port()
+    code = main(
+        [
+            "run",
+            "--preset=ci",
+            f"--source={bad}",
+            f"--workdir={workdir}",
+            f"--set=serving.grpc_port={grpc_port}",
+            f"--set=serving.rest_port={rest_port}",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1 and "ingest-images failed" in err
+    assert "stopped the server this run started" in out
+    assert not (workdir / "serving" / "server.json").exists()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", grpc_port)) != 0

@@ -106,8 +106,6 @@ def _unsafe(name: str) -> bool:
 
 def _open_folder(root: Path) -> Source:
     styles = root / layouts.STYLES
-    if not styles.is_file():
-        raise StepError(f"{root}: no {layouts.STYLES} found; expected the Kaggle layout styles.csv + images/<id>.jpg")
     image_dir = root / IMAGES_DIR
     files = [str(p) for p in image_dir.iterdir() if p.is_file()] if image_dir.is_dir() else []
     images, dups, ignored = _index_images(files)
@@ -205,6 +203,41 @@ def _open_gcs(uri: str) -> Source:
     return Source(uri, text, images, dups, encoding=encoding, encoding_fallback=fallback, ignored=ignored)
 
 
+def check_source(uri: str) -> str:
+    """Check, without reading the catalogue, that `uri` can be one; returns its kind.
+
+    Cheap enough to run before a pipeline starts, so a wrong source fails in a second with the
+    fix instead of after the steps before ingest have run.
+
+    Returns:
+        `gcs`, `folder` or `zip`.
+
+    Raises:
+        StepError: the source does not exist or is no catalogue.
+    """
+    if storage.is_gcs(uri):
+        styles_uri = storage.join(uri.rstrip("/"), layouts.STYLES)
+        try:
+            found = storage.exists(styles_uri)
+        except storage.StorageError as err:
+            raise StepError(f"cannot read the catalogue at {uri}: {err}") from err
+        if not found:
+            raise StepError(f"{styles_uri} not found: expected the Kaggle layout styles.csv + images/<id>.jpg")
+        return "gcs"
+    path = Path(uri).expanduser().resolve()
+    if not path.exists():
+        raise StepError(f"source {uri} does not exist (give a folder, a .zip, or a gs://bucket/prefix)")
+    if path.is_dir():
+        if not (path / layouts.STYLES).is_file():
+            raise StepError(
+                f"{path}: no {layouts.STYLES} found; expected the Kaggle layout styles.csv + images/<id>.jpg"
+            )
+        return "folder"
+    if zipfile.is_zipfile(path):
+        return "zip"
+    raise StepError(f"source {uri} is neither a folder, a .zip archive nor a gs:// URI")
+
+
 def open_source(uri: str, work_dir: str | Path, limits: ZipLimits | None = None) -> Source:
     """Open a catalogue at `uri`; a zip is extracted under `work_dir`, within `limits`.
 
@@ -212,13 +245,10 @@ def open_source(uri: str, work_dir: str | Path, limits: ZipLimits | None = None)
         StepError: the source does not exist or does not have the expected layout.
 
     """
-    if storage.is_gcs(uri):
+    kind = check_source(uri)
+    if kind == "gcs":
         return _open_gcs(uri)
     path = Path(uri).expanduser().resolve()
-    if not path.exists():
-        raise StepError(f"source {uri} does not exist (give a folder, a .zip, or a gs://bucket/prefix)")
-    if path.is_dir():
+    if kind == "folder":
         return _open_folder(path)
-    if zipfile.is_zipfile(path):
-        return _open_zip(path, Path(work_dir), limits or ZipLimits())
-    raise StepError(f"source {uri} is neither a folder, a .zip archive nor a gs:// URI")
+    return _open_zip(path, Path(work_dir), limits or ZipLimits())

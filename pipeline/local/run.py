@@ -11,7 +11,8 @@ from core.config import Config
 from core.errors import StepError
 from pipeline.local.results import RunResult
 from pipeline.local.runner import local_config, run_pipeline
-from pipeline.local.server import ServerHandle, ensure_server
+from pipeline.local.server import ServerHandle, ensure_server, stop_server
+from serving import store
 
 
 def pick_sample(samples_dir: str | Path, subcategories: list[str] | None = None) -> Path:
@@ -32,6 +33,20 @@ def pick_sample(samples_dir: str | Path, subcategories: list[str] | None = None)
     return photos[0]
 
 
+def preflight(config: Config, samples_dir: str | Path) -> None:
+    """Check the source, the sample photos and the MLflow store before anything starts.
+
+    Raises:
+        StepError: one of them cannot be used; the message says which and how to fix it.
+    """
+    from components.ingest.sources import check_source
+    from components.register.backend import check_reachable
+
+    check_source(config.data.source_uri)
+    pick_sample(samples_dir)
+    check_reachable(config.registry.tracking_uri)
+
+
 def run_and_serve(
     config: Config,
     workdir: str | Path,
@@ -50,6 +65,7 @@ def run_and_serve(
         there is none: nothing deployed yet).
     """
     config = local_config(config, workdir)
+    preflight(config, samples_dir)
     server = ensure_server(config, workdir)
     echo(
         f"==> serving {config.serving.model_name} from {config.serving.model_base_path} at {server.grpc_address} "
@@ -57,6 +73,13 @@ def run_and_serve(
     )
     result = run_pipeline(config, workdir, use_cache=use_cache, echo=echo)
     result.server = server
+    if not result.ok and not server.reused and not store.list_versions(config.serving.model_base_path):
+        # This run started the server and nothing was ever deployed: a server with nothing to serve
+        # would only hold the ports.
+        stop_server(workdir)
+        result.server = None
+        echo(f"==> stopped the server this run started (pid {server.pid}): there is no version to serve")
+        return result
     # Whatever is `stable` answers: this run's model when it was deployed, else the champion an
     # earlier run deployed (the gate kept this one out, or a step failed).
     import grpc
