@@ -128,9 +128,11 @@ class EvaluateConfig:
 
     attribute_threshold: float = field(default=0.75, metadata=_range(0.0, 1.0))
     hierarchical_decoding: bool = False
-    floors: Mapping[str, float] = field(default_factory=lambda: {"category_accuracy": 0.5, "subcategory_accuracy": 0.3})
+    floors: Mapping[str, float] = field(
+        default_factory=lambda: {"category_accuracy": 0.5, "subcategory_accuracy": 0.3}, metadata=_range(0.0, 1.0)
+    )
     tolerances: Mapping[str, float] = field(
-        default_factory=lambda: {"category_accuracy": 0.01, "subcategory_accuracy": 0.01}
+        default_factory=lambda: {"category_accuracy": 0.01, "subcategory_accuracy": 0.01}, metadata=_range(0.0, 1.0)
     )
     sample_grid_size: int = field(default=24, metadata=_range(0, 1000))
 
@@ -310,6 +312,11 @@ def _check(name: str, value: Any, meta: Mapping[str, Any]) -> None:
         allowed = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"{name}: got {value!r}, allowed: {allowed}")
     lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, Mapping):
+        # A map's range bounds each of its values (floors and tolerances are shares in [0, 1]).
+        for key, item in value.items():
+            _check(f"{name}.{key}", item, meta)
+        return
     if value is None or isinstance(value, str):
         return
     if lo is not None and value < lo:
@@ -341,11 +348,17 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+# Map-valued settings: a later layer merges into them entry by entry, and a null entry removes one.
+MAP_FIELDS = ("floors", "tolerances")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any], in_map: bool = False) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key not in ("floors", "tolerances"):
-            out[key] = _merge(dict(out[key]), value)
+        if in_map and value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value, in_map=key in MAP_FIELDS)
         else:
             out[key] = value
     return out

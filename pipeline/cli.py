@@ -13,8 +13,9 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from core.config import PRESETS, ConfigError, load_config, parse_overrides
+from core.config import PRESETS, Config, ConfigError, load_config, parse_overrides
 from core.errors import StepError
 from core.secrets import install_log_redaction, redact
 from core.storage import StorageError
@@ -35,13 +36,78 @@ def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | 
     )
 
 
+class _OneSpellingHelp(argparse.HelpFormatter):
+    """Help that shows each flag in the spelling it was declared with, not its alternate spelling too."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        alternates = getattr(action, "alternate_spellings", ())
+        if not alternates:
+            return super()._format_action_invocation(action)
+        shown = [o for o in action.option_strings if o not in alternates]
+        trimmed = argparse.Action(shown, action.dest, nargs=action.nargs, metavar=action.metavar)
+        return super()._format_action_invocation(trimmed)
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An argument parser where `--model_base_path` and `--model-base-path` name the same flag.
+
+    TF Serving's flags are spelt with underscores and this CLI's own with hyphens; a user should
+    not have to remember which is which, so every long flag accepts both spellings.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _OneSpellingHelp)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        """Add a flag under its declared names plus the other spelling of each long name."""
+        declared = set(names)
+        alternates = []
+        for name in names:
+            if isinstance(name, str) and name.startswith("--"):
+                other = "--" + (name[2:].replace("_", "-") if "_" in name else name[2:].replace("-", "_"))
+                if other != name and other not in declared:
+                    alternates.append(other)
+        if alternates and "dest" not in kwargs:
+            first_long = next(n for n in names if isinstance(n, str) and n.startswith("--"))
+            kwargs["dest"] = first_long[2:].replace("-", "_")
+        action = super().add_argument(*names, *alternates, **kwargs)
+        action.alternate_spellings = tuple(alternates)
+        return action
+
+
+def version_text() -> str:
+    """`fashion <version> (commit <sha>)`: the installed package version and the source's git commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from components.register.tracking import git_commit
+
+    try:
+        number = version("fashion-classifier")
+    except PackageNotFoundError:
+        number = "unknown"
+    return f"fashion {number} (commit {git_commit()})"
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: print the version and commit, then exit (computed only when asked for)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and git commit, then exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every discovered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = FlagParser(
         prog="fashion",
         description="Fashion product categorisation and attribute extraction: a Kubeflow pipeline.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=_VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     from pipeline import commands
@@ -57,9 +123,36 @@ def resolve_config(args: argparse.Namespace, extra: dict | None = None):
     overrides = parse_overrides(getattr(args, "overrides", []) or [])
     for section, values in (extra or {}).items():
         overrides.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    return load_config(
+    config = load_config(
         preset=getattr(args, "preset", None), config_path=getattr(args, "config_path", None), overrides=overrides
     )
+    check_gate_settings(config)
+    return config
+
+
+def check_gate_settings(config: Config) -> None:
+    """Refuse floors and tolerances on metrics the evaluation never writes (a typo would gate on nothing).
+
+    Raises:
+        ConfigError: naming the unknown metrics and listing the known ones.
+    """
+    from components.evaluate.scalars import known_metrics, unknown_gate_metrics
+
+    groups = config.labels.attributes
+    for section in ("floors", "tolerances"):
+        unknown = unknown_gate_metrics(getattr(config.evaluate, section), groups)
+        if unknown:
+            raise ConfigError(
+                f"evaluate.{section}: unknown metric(s) {', '.join(unknown)}; known: {', '.join(known_metrics(groups))}"
+            )
+
+
+# Exit codes of every `fashion` command (README "Exit codes"): a script can tell the outcomes apart.
+EXIT_OK = 0  # done: the model was blessed, registered or deployed as asked
+EXIT_FAILED = 1  # a step or the command failed; the message says why
+EXIT_USAGE = 2  # bad flags or settings (argparse uses 2 as well)
+EXIT_GATE_REJECTED = 3  # the gate did not bless the model: nothing was registered or deployed
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,10 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except ConfigError as err:
         print(f"fashion {args.command}: invalid configuration: {redact(str(err))}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except (StepError, StorageError) as err:
         print(f"fashion {args.command}: {redact(str(err))}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except OSError as err:
         # A file-system refusal the step did not foresee (a parent that is a file, no permission):
         # one line with the path, not a traceback.
@@ -88,10 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"fashion {args.command}: cannot use{where}: {err.strerror or err}; check the path and its permissions",
             file=sys.stderr,
         )
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"fashion {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

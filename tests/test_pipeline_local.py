@@ -216,3 +216,22 @@ def test_a_failed_first_run_stops_the_server_it_started(tmp_path, catalogue, cap
     assert not (workdir / "serving" / "server.json").exists()
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", grpc_port)) != 0
+
+
+def test_a_gate_rejected_run_exits_with_its_own_code_and_keeps_the_champion(run, catalogue, capsys):
+    # No model reaches a mAP of 1.0: the gate rejects this candidate, the run itself succeeds.
+    code = main(
+        [
+            "run",
+            "--preset=ci",
+            f"--source={catalogue}",
+            f"--workdir={run.workdir}",
+            f"--set=serving.grpc_port={run.grpc_port}",
+            f"--set=serving.rest_port={run.rest_port}",
+            "--set=evaluate.floors.attributes_map=1.0",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 3
+    assert "Gate: NOT PASSED" in out and "attributes_map" in out
+    assert run.registry.get_version("champion") == run.version

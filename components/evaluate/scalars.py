@@ -10,6 +10,7 @@ names give both decodings always, so a gate can pin either one.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
 LEVEL_SCALARS = {
     "accuracy": "share of test products whose predicted class is the true one",
@@ -65,3 +66,16 @@ def describe() -> dict[str, str]:
     out["attributes_<group>_accuracy"] = "share of products whose highest-scoring value of the group is a true one"
     out.update(COUNT_SCALARS)
     return out
+
+
+def known_metrics(attribute_groups: Sequence[str]) -> list[str]:
+    """Every scalar name the evaluation writes for these attribute groups, sorted."""
+    names = {k for k in describe() if "<group>" not in k}
+    names.update(group_key(g) for g in attribute_groups)
+    return sorted(names)
+
+
+def unknown_gate_metrics(names: Iterable[str], attribute_groups: Sequence[str]) -> list[str]:
+    """The names among `names` (floors, tolerances) that the evaluation never writes."""
+    known = set(known_metrics(attribute_groups))
+    return sorted(n for n in names if n not in known)

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "details), report.html and report.md with figures, predictions.jsonl, the category confusion "
         "matrix for kfp, and gate.json: blessed when every metric reaches its floor "
         "(evaluate.floors) and none is worse than the champion's by more than its tolerance "
-        "(evaluate.tolerances). Exit status 0 when blessed, 1 when not.",
+        "(evaluate.tolerances). Exit status 0 when blessed, 3 when not (1: the evaluation failed).",
     )
     parser.add_argument("--model", required=True, help="the trainer's model folder")
     parser.add_argument("--data", required=True, help="output folder of `fashion preprocess` (its test split)")
@@ -89,4 +89,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"gate: {result.reason}")
     print(f"report: {result.files['report_html']}")
-    return 0 if result.blessed else 1
+    from pipeline.cli import EXIT_GATE_REJECTED, EXIT_OK
+
+    return EXIT_OK if result.blessed else EXIT_GATE_REJECTED

@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         )
     print(json.dumps(result.to_dict(), indent=2))
     if result.version is None:
+        from pipeline.cli import EXIT_GATE_REJECTED
+
         print(f"fashion register: not registered: the gate did not bless run {args.run_id}", file=sys.stderr)
-        return 1
+        return EXIT_GATE_REJECTED
     return 0

@@ -51,4 +51,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(result))
     if not result.ok:
         raise StepError(result.error)
+    if not result.blessed:
+        from pipeline.cli import EXIT_GATE_REJECTED
+
+        return EXIT_GATE_REJECTED
     return 0

@@ -59,6 +59,12 @@ class RunResult:
     prediction_error: str = ""
     pipeline_root_uri: str = ""
 
+    @property
+    def blessed(self) -> bool:
+        """True when the evaluate step's gate blessed the model (so register and deploy ran)."""
+        evaluate = self.steps.get("evaluate-model")
+        return bool(evaluate and evaluate.parameters.get("Output"))
+
     def artifact(self, step: str, name: str) -> dict[str, Any]:
         """`{"uri": ..., "metadata": {...}}` of one output artifact ({} when the step did not make it)."""
         return self.steps[step].outputs.get(name, {}) if step in self.steps else {}
