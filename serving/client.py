@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 
 from serving import contract as sig
+from serving import protos
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,6 @@ class PredictionClient:
         timeout_s: float = 30.0,
         max_message_bytes: int = sig.DEFAULT_MAX_MESSAGE_BYTES,
     ):
-        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
-
         if version is not None and label:
             raise ValueError("give a version or a label, not both")
         self.target = target
@@ -102,14 +101,15 @@ class PredictionClient:
                 ("grpc.max_receive_message_length", max_message_bytes),
             ],
         )
-        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        # TensorFlow-free stubs (serving.protos): the first request leaves without TensorFlow's start-up.
+        self._predict = protos.unary(self.channel, protos.PREDICTION_SERVICE, "Predict")
+        self._metadata = protos.unary(self.channel, protos.PREDICTION_SERVICE, "GetModelMetadata")
+        self._status = protos.unary(self.channel, protos.MODEL_SERVICE, "GetModelStatus")
+        self._reload = protos.unary(self.channel, protos.MODEL_SERVICE, "HandleReloadConfigRequest")
 
     def model_spec(self, with_signature: bool = True) -> Any:
         """The ModelSpec every call sends."""
-        from tensorflow_serving.apis import model_pb2
-
-        spec = model_pb2.ModelSpec(name=self.model_name)
+        spec = protos.api().ModelSpec(name=self.model_name)
         if with_signature:
             spec.signature_name = self.signature_name
         if self.version is not None:
@@ -120,13 +120,11 @@ class PredictionClient:
 
     def predict_raw(self, photos: Sequence[bytes]) -> PredictOutputs:
         """One Predict call with a batch of encoded photos; raises grpc.RpcError on failure."""
-        from tensorflow_serving.apis import predict_pb2
+        from serving.tensors import fill_proto, from_proto
 
-        from serving.tensors import from_proto, to_proto
-
-        request = predict_pb2.PredictRequest(model_spec=self.model_spec())
-        request.inputs[sig.INPUT_KEY].CopyFrom(to_proto(np.array(list(photos), dtype=object)))
-        response = self.predictions.Predict(request, timeout=self.timeout_s)
+        request = protos.api().PredictRequest(model_spec=self.model_spec())
+        fill_proto(request.inputs[sig.INPUT_KEY], np.array(list(photos), dtype=object))
+        response = self._predict(request, timeout=self.timeout_s)
         outputs = {k: from_proto(v) for k, v in response.outputs.items()}
         return PredictOutputs(response.model_spec.name, int(response.model_spec.version.value), outputs)
 
@@ -154,39 +152,37 @@ class PredictionClient:
 
     def status(self) -> list[tuple[int, str]]:
         """(version, state name) of the model's versions, newest first."""
-        from tensorflow_serving.apis import get_model_status_pb2
-
-        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec(with_signature=False))
-        response = self.models.GetModelStatus(request, timeout=self.timeout_s)
-        states = get_model_status_pb2.ModelVersionStatus.State
+        api = protos.api()
+        request = api.GetModelStatusRequest(model_spec=self.model_spec(with_signature=False))
+        response = self._status(request, timeout=self.timeout_s)
+        states = api.ModelVersionStatus.State
         return [(int(s.version), states.Name(s.state)) for s in response.model_version_status]
 
     def version_errors(self) -> dict[int, str]:
         """Load errors reported per version (empty when none failed)."""
-        from tensorflow_serving.apis import get_model_status_pb2
-
-        request = get_model_status_pb2.GetModelStatusRequest(model_spec=self.model_spec(with_signature=False))
-        response = self.models.GetModelStatus(request, timeout=self.timeout_s)
+        request = protos.api().GetModelStatusRequest(model_spec=self.model_spec(with_signature=False))
+        response = self._status(request, timeout=self.timeout_s)
         return {int(s.version): s.status.error_message for s in response.model_version_status if s.status.error_code}
 
     def metadata(self) -> Any:
         """The SignatureDefMap of the version the spec resolves to."""
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
-        request = get_model_metadata_pb2.GetModelMetadataRequest(
+        api = protos.api()
+        request = api.GetModelMetadataRequest(
             model_spec=self.model_spec(with_signature=False), metadata_field=["signature_def"]
         )
-        response = self.predictions.GetModelMetadata(request, timeout=self.timeout_s)
-        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response = self._metadata(request, timeout=self.timeout_s)
+        sig_map = api.SignatureDefMap()
         response.metadata["signature_def"].Unpack(sig_map)
         return sig_map
 
     def reload_config(self, config: Any) -> None:
-        """Send a whole ModelServerConfig (HandleReloadConfigRequest); raises grpc.RpcError on refusal."""
-        from tensorflow_serving.apis import model_management_pb2
+        """Send a whole ModelServerConfig (HandleReloadConfigRequest); raises grpc.RpcError on refusal.
 
-        request = model_management_pb2.ReloadConfigRequest(config=config)
-        self.models.HandleReloadConfigRequest(request, timeout=self.timeout_s)
+        `config` may be TensorFlow Serving's own message class: it travels as its bytes.
+        """
+        request = protos.api().ReloadConfigRequest()
+        request.config.ParseFromString(config.SerializeToString())
+        self._reload(request, timeout=self.timeout_s)
 
     def close(self) -> None:
         """Close the channel."""

@@ -89,3 +89,32 @@ def test_python_client_sets_signature_deadline_and_limits(server):
         with pytest.raises(grpc.RpcError) as info:
             client.predict_raw([b"x" * (2 << 20)])  # over the client's own 1 MB send limit
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_fashion_predict_imports_no_tensorflow_and_prints_nothing_of_it(tmp_path, samples_dir):
+    import subprocess
+    import sys
+
+    from tests.support.ports import free_port
+
+    photo = sorted(samples_dir.glob("*.jpg"))[0]
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        f"rc = main(['predict', '--server', '127.0.0.1:{free_port()}', '--timeout', '1', {str(photo)!r}])\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'no TF', rc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    # Nothing listens there: the request is sent and fails, and TensorFlow was never imported.
+    assert done.stdout.strip().splitlines()[-1] == "no TF 1"
+    assert "UNAVAILABLE" in done.stdout
+    assert "tensorflow" not in done.stderr.lower() and "cuda" not in done.stderr.lower()
+
+
+def test_the_shipped_descriptors_match_the_installed_serving_api():
+    from serving import protos
+
+    shipped = protos.DESCRIPTOR_SET.read_bytes()
+    assert shipped == protos.build_descriptor_set().SerializeToString(deterministic=True), (
+        "serving/tfs_api.binpb is stale: run `make protos` after upgrading tensorflow-serving-api"
+    )

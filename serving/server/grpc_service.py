@@ -75,7 +75,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = result.version
         response.model_spec.signature_name = result.signature_name
         for alias, array in result.outputs.items():
-            response.outputs[alias].CopyFrom(tensors.to_proto(array))
+            tensors.fill_proto(response.outputs[alias], array)
         return response
 
     @_guard

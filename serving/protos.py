@@ -1,0 +1,112 @@
+"""TF Serving's API messages without importing TensorFlow: classes built from the official descriptors.
+
+tensorflow-serving-api's `_pb2` modules import `tensorflow.core.framework`, which runs
+TensorFlow's package start-up (about 5 s and its log lines) before a client can send anything.
+The same messages are built here from `tfs_api.binpb`, a `FileDescriptorSet` of exactly the
+`.proto` files those modules were generated from (PredictionService and ModelService with every
+file they depend on), written by `write_descriptor_set` from the installed packages and checked
+against them by the tests. The classes live in a private descriptor pool, so they never clash
+with TensorFlow's own when both are loaded; on the wire they are the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+DESCRIPTOR_SET = Path(__file__).with_name("tfs_api.binpb")
+# The services a client calls; their files pull in every message they use.
+ROOT_FILES = (
+    "tensorflow_serving/apis/prediction_service.proto",
+    "tensorflow_serving/apis/model_service.proto",
+)
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+MESSAGES = {
+    "ModelSpec": "tensorflow.serving.ModelSpec",
+    "PredictRequest": "tensorflow.serving.PredictRequest",
+    "PredictResponse": "tensorflow.serving.PredictResponse",
+    "GetModelMetadataRequest": "tensorflow.serving.GetModelMetadataRequest",
+    "GetModelMetadataResponse": "tensorflow.serving.GetModelMetadataResponse",
+    "SignatureDefMap": "tensorflow.serving.SignatureDefMap",
+    "GetModelStatusRequest": "tensorflow.serving.GetModelStatusRequest",
+    "GetModelStatusResponse": "tensorflow.serving.GetModelStatusResponse",
+    "ModelVersionStatus": "tensorflow.serving.ModelVersionStatus",
+    "ReloadConfigRequest": "tensorflow.serving.ReloadConfigRequest",
+    "ReloadConfigResponse": "tensorflow.serving.ReloadConfigResponse",
+    "TensorProto": "tensorflow.TensorProto",
+    "TensorShapeProto": "tensorflow.TensorShapeProto",
+}
+# Unary methods: (service, method) -> (request, response) message names above.
+METHODS = {
+    (PREDICTION_SERVICE, "Predict"): ("PredictRequest", "PredictResponse"),
+    (PREDICTION_SERVICE, "GetModelMetadata"): ("GetModelMetadataRequest", "GetModelMetadataResponse"),
+    (MODEL_SERVICE, "GetModelStatus"): ("GetModelStatusRequest", "GetModelStatusResponse"),
+    (MODEL_SERVICE, "HandleReloadConfigRequest"): ("ReloadConfigRequest", "ReloadConfigResponse"),
+}
+
+
+def build_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    """The descriptor set of the root files and all their dependencies, from the installed `_pb2` modules.
+
+    This imports tensorflow-serving-api (and so TensorFlow): it is for writing and checking the
+    shipped file, never for a client's start-up.
+    """
+    from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2  # noqa: F401
+
+    pool = descriptor_pool.Default()
+    ordered: list[Any] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        file = pool.FindFileByName(name)
+        for dependency in file.dependencies:
+            visit(dependency.name)
+        ordered.append(file)
+
+    for root in ROOT_FILES:
+        visit(root)
+    out = descriptor_pb2.FileDescriptorSet()
+    for file in ordered:
+        file.CopyToProto(out.file.add())
+    return out
+
+
+def write_descriptor_set(path: str | Path = DESCRIPTOR_SET) -> Path:
+    """Write `build_descriptor_set()` to `path` (run after upgrading tensorflow-serving-api)."""
+    path = Path(path)
+    path.write_bytes(build_descriptor_set().SerializeToString(deterministic=True))
+    return path
+
+
+@functools.cache
+def api() -> SimpleNamespace:
+    """The message classes (`api().PredictRequest`, ...) and the DataType values (`api().DT_FLOAT`, ...)."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    classes = {
+        short: message_factory.GetMessageClass(pool.FindMessageTypeByName(full)) for short, full in MESSAGES.items()
+    }
+    data_types = pool.FindEnumTypeByName("tensorflow.DataType")
+    enums = {value.name: value.number for value in data_types.values}
+    return SimpleNamespace(**classes, **enums, pool=pool)
+
+
+def unary(channel: Any, service: str, method: str) -> Any:
+    """A callable for one unary RPC on `channel`, (de)serialising with the classes of `api()`."""
+    request, response = METHODS[(service, method)]
+    classes = api()
+    return channel.unary_unary(
+        f"/{service}/{method}",
+        request_serializer=getattr(classes, request).SerializeToString,
+        response_deserializer=getattr(classes, response).FromString,
+    )
