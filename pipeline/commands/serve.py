@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request deadline")
     add("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0 = all cores)")
     add("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0 = all cores)")
+    add(
+        "--grpc_allow_port_sharing",
+        type=flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="share the gRPC port with another server (TF Serving does; off here so a stale server cannot hide)",
+    )
     add_config_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -108,5 +116,6 @@ def run(args: argparse.Namespace) -> int:
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+        grpc_allow_port_sharing=args.grpc_allow_port_sharing,
     )
     return run_server(options, serving)

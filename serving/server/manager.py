@@ -369,11 +369,11 @@ class ModelManager:
             return
         for name, model_labels in labels.items():
             model = self._models.get(name)
-            for _label, version in sorted(model_labels.items()):
+            for label, version in sorted(model_labels.items()):
                 entry = model.versions.get(version) if model else None
                 if entry is None or entry.state != AVAILABLE:
                     raise failed_precondition(
-                        f"Request to assign label to version {version} of model {name}, "
+                        f"Request to assign label {label!r} to version {version} of model {name}, "
                         "which is not currently available for inference"
                     )
 

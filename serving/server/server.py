@@ -49,6 +49,9 @@ class ServerOptions:
     rest_api_timeout_in_ms: int = 30_000
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
+    # Not a tensorflow_model_server flag: TF Serving shares a gRPC port with a second server
+    # (SO_REUSEPORT), which hides a stale one; here that takes asking for.
+    grpc_allow_port_sharing: bool = False
 
 
 def channel_arguments(text: str) -> list[tuple[str, Any]]:
@@ -105,40 +108,87 @@ class ModelServer:
         self._config_poller: threading.Thread | None = None
 
     def start(self) -> ModelServer:
-        """Load initial versions, then open the gRPC and REST ports."""
+        """Bind the ports, load the initial versions, then serve gRPC and REST.
+
+        The ports are bound first, so a port in use fails in a second, before any model loads.
+
+        Raises:
+            StepError: a port is in use, or the initial config cannot be served (one line each).
+        """
         import tensorflow as tf
+
+        from serving.server.errors import ServingError
 
         if self.options.tensorflow_intra_op_parallelism:
             tf.config.threading.set_intra_op_parallelism_threads(self.options.tensorflow_intra_op_parallelism)
         if self.options.tensorflow_inter_op_parallelism:
             tf.config.threading.set_inter_op_parallelism_threads(self.options.tensorflow_inter_op_parallelism)
-        self.manager.start()
+        self._bind()
+        try:
+            self.manager.start()
+        except ServingError as err:
+            self._unbind()
+            raise StepError(
+                f"cannot serve {self.options.model_config_file or self.options.model_base_path}: {err} "
+                "(fix the config, publish the version, or pass --allow_version_labels_for_unavailable_models)"
+            ) from err
+        self._grpc.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.grpc_port)
+        if self._rest:
+            self._rest.start()
+            log.info("Exporting HTTP/REST API at:%s:%d ...", self.options.host, self.rest_port)
+        if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
+            self._config_poller = threading.Thread(target=self._poll_config, name="config-poller", daemon=True)
+            self._config_poller.start()
+        return self
+
+    def _bind(self) -> None:
+        host = self.options.host
+        # REST first: a plain socket releases its port at once when the gRPC bind then fails.
+        if self.options.rest_api_port:
+            api = RestApi(self.manager, self.options.max_message_bytes, self.options.rest_api_timeout_in_ms / 1000)
+            try:
+                self._rest = RestServer(api, host, self.options.rest_api_port)
+            except OSError as err:
+                raise StepError(
+                    f"REST port {host}:{self.options.rest_api_port} is already in use ({err.strerror}): stop the "
+                    "other server or pick another --rest_api_port (0 turns REST off)"
+                ) from err
+            self.rest_port = self._rest.port
         grpc_options = [
             ("grpc.max_receive_message_length", self.options.max_message_bytes),
             ("grpc.max_send_message_length", self.options.max_message_bytes),
             *channel_arguments(self.options.grpc_channel_arguments),
         ]
+        if not self.options.grpc_allow_port_sharing:
+            grpc_options.append(("grpc.so_reuseport", 0))
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.options.grpc_max_threads, thread_name_prefix="grpc"),
             options=grpc_options,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
-        self.grpc_port = self._grpc.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{self.options.port}")
+        except RuntimeError:
+            self.grpc_port = 0
         if not self.grpc_port:
-            raise StepError(f"cannot bind gRPC port {self.options.host}:{self.options.port}")
-        self._grpc.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.grpc_port)
-        if self.options.rest_api_port:
-            api = RestApi(self.manager, self.options.max_message_bytes, self.options.rest_api_timeout_in_ms / 1000)
-            self._rest = RestServer(api, self.options.host, self.options.rest_api_port)
-            self._rest.start()
-            self.rest_port = self._rest.port
-            log.info("Exporting HTTP/REST API at:%s:%d ...", self.options.host, self.rest_port)
-        if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
-            self._config_poller = threading.Thread(target=self._poll_config, name="config-poller", daemon=True)
-            self._config_poller.start()
-        return self
+            self._grpc = None
+            self._unbind()
+            raise StepError(
+                f"gRPC port {host}:{self.options.port} is already in use: stop the other server, pick another "
+                "--port, or pass --grpc_allow_port_sharing=true to share it as tensorflow_model_server does"
+            )
+
+    def _unbind(self) -> None:
+        if self._rest:
+            self._rest.httpd.server_close()
+            self._rest = None
+        if self._grpc:
+            # A gRPC server that never started keeps its port until it has started and stopped.
+            self._grpc.start()
+            self._grpc.stop(0).wait()
+            self._grpc = None
 
     def _poll_config(self) -> None:
         from serving.server.errors import ServingError
