@@ -162,6 +162,8 @@ class ServingConfig:
     max_enqueued_batches: int = field(default=64, metadata=_range(1, None))
     request_timeout_s: float = field(default=30.0, metadata=_range(0.1, 3600.0))
     max_message_mb: int = field(default=64, metadata=_range(1, 2047))
+    # Photos declaring more pixels are refused by the exported model before any decode (bombs).
+    max_image_pixels: int = field(default=40_000_000, metadata=_range(1, None))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from serving import store
 
 log = logging.getLogger(__name__)
 
+# Far above any catalogue photo (a 12 Mpx camera is 12e6), far below what a bomb declares.
+DEFAULT_MAX_PIXELS = 40_000_000
 EXPORT_INFO_FILE = "assets.extra/export_info.json"
 
 
@@ -41,13 +43,93 @@ def model_image_size(model: Any) -> tuple[int, int]:
     return int(shape[1]), int(shape[2])
 
 
-def decode_photo(data: Any, height: int, width: int, resize_mode: str, pad_color: Sequence[int]) -> Any:
+def _header_uint(data: Any, offset: int, size: int, little_endian: bool) -> Any:
+    """An unsigned integer read from `size` header bytes at `offset` (0 when the photo is shorter)."""
+    import tensorflow as tf
+
+    raw = tf.strings.substr(data, offset, size)
+    digits = tf.cast(tf.io.decode_raw(raw, tf.uint8), tf.int64)
+    n = tf.shape(digits)[0]
+    powers = tf.pow(tf.constant(256, tf.int64), tf.range(tf.cast(n, tf.int64), dtype=tf.int64))
+    weights = powers if little_endian else tf.reverse(powers, [0])
+    return tf.where(tf.equal(n, size), tf.reduce_sum(digits * weights), tf.constant(0, tf.int64))
+
+
+def header_pixels(data: Any) -> Any:
+    """The pixel count a photo declares in its header, read without decoding it (0 when unknown).
+
+    JPEG through TensorFlow's header parser; PNG (IHDR), GIF (screen descriptor), BMP and WebP
+    (VP8, VP8L, VP8X) from their fixed header fields.
+    """
+    import tensorflow as tf
+
+    def magic(prefix: bytes, offset: int = 0) -> Any:
+        return tf.equal(tf.strings.substr(data, offset, len(prefix)), prefix)
+
+    def jpeg() -> Any:
+        shape = tf.cast(tf.io.extract_jpeg_shape(data), tf.int64)
+        return shape[0] * shape[1]
+
+    def png() -> Any:
+        return _header_uint(data, 16, 4, False) * _header_uint(data, 20, 4, False)
+
+    def gif() -> Any:
+        return _header_uint(data, 6, 2, True) * _header_uint(data, 8, 2, True)
+
+    def bmp() -> Any:
+        height = _header_uint(data, 22, 4, True)
+        # A top-down BMP stores a negative height (two's complement).
+        height = tf.where(height >= 2**31, 2**32 - height, height)
+        return _header_uint(data, 18, 4, True) * height
+
+    def webp() -> Any:
+        vp8x = (_header_uint(data, 24, 3, True) + 1) * (_header_uint(data, 27, 3, True) + 1)
+        bits = _header_uint(data, 21, 4, True)
+        vp8l = (bits % 2**14 + 1) * ((bits // 2**14) % 2**14 + 1)
+        vp8 = (_header_uint(data, 26, 2, True) % 2**14) * (_header_uint(data, 28, 2, True) % 2**14)
+        return tf.case(
+            [(magic(b"VP8X", 12), lambda: vp8x), (magic(b"VP8L", 12), lambda: vp8l)], default=lambda: vp8
+        )
+
+    return tf.case(
+        [
+            (tf.io.is_jpeg(data), jpeg),
+            (magic(b"\x89PNG\r\n\x1a\n"), png),
+            (magic(b"GIF8"), gif),
+            (magic(b"BM"), bmp),
+            (tf.logical_and(magic(b"RIFF"), magic(b"WEBP", 8)), webp),
+        ],
+        default=lambda: tf.constant(0, tf.int64),
+    )
+
+
+def decode_photo(
+    data: Any,
+    height: int,
+    width: int,
+    resize_mode: str,
+    pad_color: Sequence[int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Any:
     """Decode one encoded photo (a scalar string tensor) to RGB and fit it, as the served graph does.
+
+    A photo whose header declares more than `max_pixels` pixels is refused (InvalidArgumentError,
+    INVALID_ARGUMENT to a client) before anything decodes it: a decompression bomb costs a header
+    read, on the local server and on the official TF Serving image alike.
 
     `core.images.decode_image` is its twin on the preprocessing side; tests/test_decode_parity.py
     holds the two to the same pixels for every photo mode and format.
     """
-    image = decode_photo_tensor(data)
+    import tensorflow as tf
+
+    pixels = header_pixels(data)
+    check = tf.debugging.assert_less_equal(
+        pixels,
+        tf.constant(max_pixels, tf.int64),
+        message=f"photo over the serving pixel limit ({max_pixels:,} pixels; serving.max_image_pixels): pixels =",
+    )
+    with tf.control_dependencies([check]):
+        image = decode_photo_tensor(tf.identity(data))
     return fit_image(image, height, width, resize_mode, pad_color)
 
 
@@ -84,7 +166,13 @@ def fit_image(image: Any, height: int, width: int, resize_mode: str, pad_color: 
     return tf.cond(same, lambda: tf.reshape(image, [height, width, 3]), _resize)
 
 
-def build_serving_module(model: Any, schema: LabelSchema, resize_mode: str, pad_color: Sequence[int]) -> Any:
+def build_serving_module(
+    model: Any,
+    schema: LabelSchema,
+    resize_mode: str,
+    pad_color: Sequence[int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Any:
     """A `tf.Module` whose `serve` function is the `serving_default` signature.
 
     Args:
@@ -92,6 +180,7 @@ def build_serving_module(model: Any, schema: LabelSchema, resize_mode: str, pad_
         schema: the label schema the model was trained with; its vocabularies go into the graph.
         resize_mode: `pad` or `stretch` (config.preprocess.resize_mode).
         pad_color: RGB canvas colour for `pad` (config.preprocess.pad_color).
+        max_pixels: photos declaring more pixels are refused before decoding (config.serving.max_image_pixels).
     """
     import tensorflow as tf
 
@@ -113,7 +202,7 @@ def build_serving_module(model: Any, schema: LabelSchema, resize_mode: str, pad_
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=sig.INPUT_KEY)])
         def serve(self, image_bytes: Any) -> dict[str, Any]:
             def _decode(data: Any) -> Any:
-                return decode_photo(data, height, width, resize_mode, pad_color)
+                return decode_photo(data, height, width, resize_mode, pad_color, max_pixels)
 
             def _predict() -> tuple[Any, Any, Any]:
                 images = tf.map_fn(
@@ -239,7 +328,9 @@ def export_model(
     schema = LabelSchema.load(labels_path)
     model = load_model(model_dir)
     height, width = model_image_size(model)
-    module = build_serving_module(model, schema, cfg.preprocess.resize_mode, cfg.preprocess.pad_color)
+    module = build_serving_module(
+        model, schema, cfg.preprocess.resize_mode, cfg.preprocess.pad_color, cfg.serving.max_image_pixels
+    )
     photos = [p if isinstance(p, bytes) else Path(p).read_bytes() for p in warmup_photos]
     photos += synthetic_photos(height, width)
 
