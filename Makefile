@@ -15,10 +15,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock pyproject.toml
+# The virtual environment holds the runtime pins (requirements.lock: all that the images install) and the
+# test tools; requirements-test.lock includes requirements.lock, so a change to either reinstalls.
+$(STAMP): requirements.lock requirements-test.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "Installing pinned dependencies into $(VENV) (first time: a few minutes)..."
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-test.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
@@ -29,6 +31,9 @@ run: setup ## Run the main job end to end on the bundled demo data
 
 test: setup ## Install and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+protos: setup ## Rewrite serving/tfs_api.binpb (TF Serving API descriptors) after upgrading tensorflow-serving-api
+	$(PY) -c "from serving import protos; print(protos.write_descriptor_set())"
 
 lint: setup ## Ruff lint (docstrings included)
 	$(VENV)/bin/ruff check .
@@ -77,10 +82,13 @@ GPU_IMAGE ?= $(IMAGE_REGISTRY)fashion-classifier-gpu:$(IMAGE_TAG)
 PRESET ?= demo
 CONFIG ?=
 PIPELINE_YAML ?= pipeline.yaml
+# The commit baked into the images (git_commit() reads it there: an image has no repository), with
+# -dirty when tracked files have uncommitted changes; evaluated only by the targets that use it.
+GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo -dirty)
 
-images: ## Build the component (CPU + Beam) and GPU training images (IMAGE_REGISTRY=reg/ IMAGE_TAG=v1)
-	DOCKER_BUILDKIT=1 docker build -f infra/docker/component.Dockerfile -t $(IMAGE) .
-	DOCKER_BUILDKIT=1 docker build -f infra/docker/gpu.Dockerfile -t $(GPU_IMAGE) .
+images: ## Build the component (CPU + Beam) and GPU training images for a registry (IMAGE_REGISTRY=reg/ IMAGE_TAG=v1)
+	DOCKER_BUILDKIT=1 docker build -f infra/docker/component.Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(IMAGE) .
+	DOCKER_BUILDKIT=1 docker build -f infra/docker/gpu.Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) -t $(GPU_IMAGE) .
 
 compile: setup ## Compile the pipeline to pipeline.yaml for Kubeflow (PRESET=, CONFIG=cluster.yaml)
 	$(FASHION) compile --preset $(PRESET) $(if $(CONFIG),--config $(CONFIG)) --out $(PIPELINE_YAML) \
@@ -89,5 +97,5 @@ compile: setup ## Compile the pipeline to pipeline.yaml for Kubeflow (PRESET=, C
 clean: ## Remove run outputs (keeps the virtual environment)
 	rm -rf runs .pytest_cache
 
-.PHONY: help setup run test lint bench-ingest bench-preprocess bench-serving bench-train bench-train-input \
+.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-input \
 	bench-gpu-train bench-evaluate bench-compare-heads train evaluate serve mlflow-ui images compile clean

@@ -56,6 +56,43 @@ def compile_pipeline(config: Config, out_path: str | Path, beam_args: list[str] 
     return out
 
 
+def names_a_registry(image: str) -> bool:
+    """Whether an image reference says where to pull it from: a registry host, or a Docker Hub namespace.
+
+    `europe-docker.pkg.dev/p/r/fashion-classifier:v1`, `localhost:5000/x` and `myorg/x` do; a bare
+    `fashion-classifier:latest` does not: it means Docker Hub's official `library/` images, which
+    nobody but Docker publishes, so a cluster cannot pull an image built and tagged here.
+    """
+    return "/" in image.split("@", 1)[0]
+
+
+def unpullable_images(config: Config) -> dict[str, str]:
+    """The images the compiled pipeline would use that name no registry, keyed by their setting.
+
+    The GPU image counts only when training asks for accelerators: otherwise no step runs in it.
+    """
+    pipeline = config.pipeline
+    used = {"pipeline.base_image": pipeline.base_image}
+    if pipeline.accelerator_count:
+        used["pipeline.gpu_image"] = pipeline.gpu_image
+    return {setting: image for setting, image in used.items() if not names_a_registry(image)}
+
+
+def image_warning(config: Config) -> str | None:
+    """One line saying which images no cluster can pull and how to name pushed ones, or None when all can."""
+    missing = unpullable_images(config)
+    if not missing:
+        return None
+    named = ", ".join(f"{image} ({setting})" for setting, image in missing.items())
+    # A bare reference has no host (hence no port colon): the repository is what precedes the tag or digest.
+    fix = " ".join(f"--set {setting}=reg/{re.split('[:@]', image)[0]}:v1" for setting, image in missing.items())
+    it = "it" if len(missing) == 1 else "them"
+    return (
+        f"warning: {named} {'names' if len(missing) == 1 else 'name'} no registry, so no cluster can pull {it}; "
+        f"push {it} to a registry and compile with `make compile IMAGE_REGISTRY=reg/ IMAGE_TAG=v1` or `{fix}`"
+    )
+
+
 def kfp_cron(expression: str) -> str:
     """A cron expression in the 6-field form (seconds first) the KFP scheduler expects.
 

@@ -65,7 +65,9 @@ def describe_examples(result: Any) -> dict[str, Any]:
 
 
 def describe_model(result: Any, config: Any) -> dict[str, Any]:
-    """Framework, backbone, input size and training outcome of a training run (its `TrainResult`)."""
+    """Framework, backbone, input size, training outcome and code version of a training run (its `TrainResult`)."""
+    from components.register.tracking import git_commit
+
     folder = Path(result.model_dir)
     model_config = _read_json(folder / layouts.MODEL_CONFIG) or {}
     meta: dict[str, Any] = {
@@ -76,6 +78,7 @@ def describe_model(result: Any, config: Any) -> dict[str, Any]:
         "epochs": result.epochs_run,
         "best_epoch": result.best_epoch,
         "resumed_from": result.resumed_from,
+        "git_commit": git_commit(),
         **_labels(folder),
     }
     if "params" in model_config:

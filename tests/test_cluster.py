@@ -75,8 +75,10 @@ def test_submit_creates_a_run_with_the_spec_and_parameters_in_the_experiment(kfp
         "--region=europe-west1",
         "--temp_location=gs://tmp-bucket/beam",
     ]
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert body["display_name"] in out and f"{kfp_api.url}/#/runs/details/" in out
+    # The demo preset's images name no registry: the package it just compiled cannot be pulled.
+    assert "fashion-classifier:latest (pipeline.base_image) names no registry" in err
 
 
 def test_submit_reuses_an_existing_experiment_and_a_compiled_package(kfp_api, tmp_path):

@@ -83,9 +83,21 @@ def test_step_images_hold_every_package_and_the_presets(dockerfile):
     for package in packages:
         assert f"COPY {package.rstrip('*')} " in text, f"{dockerfile} does not copy {package}"
     assert "COPY configs " in text  # the presets the steps resolve their Config from
-    assert "pip install -r requirements.lock" in text
+    # The runtime pins only: the test tools (requirements-test.lock) stay out of production images.
+    instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "pip install -r requirements.lock" in instructions and "requirements-test.lock" not in instructions
     ignore = (DOCKER / f"{dockerfile}.dockerignore").read_text()
-    assert "!requirements.lock" in ignore and "!configs/**" in ignore
+    assert "!requirements.lock" in ignore and "!configs/**" in ignore and "requirements-test" not in ignore
+
+
+@pytest.mark.parametrize("dockerfile", ["component.Dockerfile", "gpu.Dockerfile"])
+def test_step_images_carry_the_commit_they_were_built_from(dockerfile):
+    lines = [line.strip() for line in (DOCKER / dockerfile).read_text().splitlines()]
+    # git_commit() reads FASHION_GIT_COMMIT; `make images` passes GIT_COMMIT.
+    baked = lines.index("ENV FASHION_GIT_COMMIT=${GIT_COMMIT}")
+    assert lines[baked - 1].startswith("ARG GIT_COMMIT")
+    # After every install, so that a new commit rebuilds no dependency or code layer.
+    assert all(not line.startswith(("RUN", "COPY")) for line in lines[baked:])
 
 
 def test_default_image_names_are_the_ones_the_dockerfiles_document():

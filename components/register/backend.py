@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.register import coordination
 from core.config import RegistryConfig
 from core.errors import StepError
 
@@ -64,7 +65,10 @@ def resolve_backend(registry: RegistryConfig, workdir: str | Path | None = None)
     return Backend(embedded.tracking_uri, registry.artifact_uri or embedded.artifact_uri)
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store, None for any other store (or an in-memory one)."""
+    if not uri.startswith("sqlite:///"):
+        return None
     rest = uri[len("sqlite:///") :]
     if not rest or rest.startswith(":memory:"):
         return None
@@ -94,7 +98,7 @@ def check_reachable(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> No
                 "registry.tracking_uri (empty = the embedded store in the work directory)"
             ) from err
     if tracking_uri.startswith("sqlite:///"):
-        path = _sqlite_path(tracking_uri)
+        path = sqlite_path(tracking_uri)
         if path is not None and not path.parent.is_dir():
             raise StepError(
                 f"MLflow store {tracking_uri} cannot be opened: folder {path.parent} does not exist; "
@@ -127,13 +131,18 @@ def make_client(tracking_uri: str) -> Any:
     """An MlflowClient bound to `tracking_uri` for both tracking and registry, after a reachability probe.
 
     The client never falls back on MLflow's process-wide default URI, so two backends can be used
-    side by side in one process.
+    side by side in one process. A SQLite store is opened under a file lock: opening a new one creates
+    its schema, which two processes must not do at once; a process that does not take the lock (an
+    `mlflow ui` on the same file) only makes the opening fail for a moment, and it is tried again.
     """
     check_reachable(tracking_uri)
     from mlflow import MlflowClient
 
-    with backend_errors(tracking_uri, "open the tracking store"):
+    def open_store() -> Any:
         return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    with backend_errors(tracking_uri, "open the tracking store"), coordination.store_lock(sqlite_path(tracking_uri)):
+        return coordination.retry_store_race(open_store, f"open {tracking_uri}")
 
 
 def is_not_found(err: BaseException) -> bool:

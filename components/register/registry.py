@@ -26,6 +26,7 @@ from components.register.backend import (
     make_client,
     resolve_backend,
 )
+from components.register.coordination import retry_store_race
 from components.register.tracking import TAG_PIPELINE_RUN, TEST_PREFIX, check_pipeline_run_id, logged_model_of
 from core.config import Config
 from core.errors import StepError
@@ -99,10 +100,37 @@ class Registry:
         photos: tuple[bytes | str | Path, ...] = (),
         description: str | None = None,
     ) -> str:
-        """Make the run's SavedModel a new version with the alias `challenger`.
+        """Make the run's SavedModel a new version with the alias `challenger` (see `find_or_register`).
 
-        Registering the same pipeline run again returns the version made the first time. Two
-        registrations of different pipeline runs at once get distinct versions.
+        Returns:
+            The version number, as a string.
+        """
+        version, _ = self.find_or_register(
+            run_id,
+            pipeline_run_id=pipeline_run_id,
+            model_id=model_id,
+            export_dir=export_dir,
+            photos=photos,
+            description=description,
+        )
+        return version
+
+    def find_or_register(
+        self,
+        run_id: str,
+        *,
+        pipeline_run_id: str,
+        model_id: str | None = None,
+        export_dir: str | Path | None = None,
+        photos: tuple[bytes | str | Path, ...] = (),
+        description: str | None = None,
+    ) -> tuple[str, bool]:
+        """The version of a pipeline run, made from the run's SavedModel (alias `challenger`) if it has none.
+
+        Registering the same pipeline run again, one after the other or at once, returns the version
+        made first: a caller that finds an earlier version of its pipeline run beside the one it just
+        made deletes its own (version numbers grow in creation order, so every caller agrees on which
+        is first). Registrations of different pipeline runs at once get distinct versions.
 
         Args:
             run_id: the MLflow run of the training (from `track_training_run`).
@@ -114,7 +142,7 @@ class Registry:
             description: the version's description.
 
         Returns:
-            The version number, as a string.
+            (version, created): the version number as a string, and False when it was made before.
 
         Raises:
             StepError: the run has no model and no `export_dir` was given, or the backend fails;
@@ -123,7 +151,7 @@ class Registry:
         existing = self.find_version(pipeline_run_id)
         if existing is not None:
             log.info("pipeline run %s is already version %s of %s", pipeline_run_id, existing, self.model_name)
-            return existing
+            return existing, False
         with self._errors(f"register run {run_id} as a version of {self.model_name!r}"):
             run = self._client.get_run(run_id)
             model_id = model_id or logged_model_of(self._client, run)
@@ -153,13 +181,28 @@ class Registry:
                 description=description,
                 model_id=model_id,
             )
+            first = self.find_version(pipeline_run_id) or str(version.version)
+            if first != str(version.version):
+                log.info(
+                    "pipeline run %s became version %s of %s a moment ago; deleting the duplicate version %s",
+                    pipeline_run_id,
+                    first,
+                    self.model_name,
+                    version.version,
+                )
+                self._delete_version_quietly(version.version)
+                return first, False
             try:
-                self._client.set_registered_model_alias(self.model_name, CHALLENGER, version.version)
+                retry_store_race(
+                    lambda: self._client.set_registered_model_alias(self.model_name, CHALLENGER, version.version),
+                    f"point {CHALLENGER} at version {version.version} of {self.model_name!r}",
+                    first_delay_s=0.05,
+                )
             except BaseException:
                 self._delete_version_quietly(version.version)
                 raise
         log.info("registered %s version %s (%s)", self.model_name, version.version, CHALLENGER)
-        return str(version.version)
+        return str(version.version), True
 
     def _delete_version_quietly(self, version: str) -> None:
         try:

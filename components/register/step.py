@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from components.register import model_package
-from components.register.backend import check_reachable, resolve_backend
+from components.register.backend import check_reachable, resolve_backend, sqlite_path
+from components.register.coordination import pipeline_run_lock, retry_store_race
 from components.register.registry import CHALLENGER, Registry
-from components.register.tracking import check_pipeline_run_id, read_gate, track_training_run
+from components.register.tracking import TrackedRun, check_pipeline_run_id, read_gate, track_training_run
 from core.config import Config
 from core.errors import StepError
 
@@ -90,7 +91,8 @@ def register_model(
         eval_dir: the evaluator's folder (`metrics.json`, `gate.json`, reports).
         export_dir: the SavedModel folder; exported from `model_dir` when it holds none yet.
         config: the resolved config (registry settings: URI, artifact root, experiment, model name).
-        pipeline_run_id: the pipeline run; registering the same run again returns the same version.
+        pipeline_run_id: the pipeline run; registering the same run again, or several times at once,
+            returns the same MLflow run and version to every caller.
         workdir: the work directory of the embedded store, used when `registry.tracking_uri` is empty
             (`<workdir>/mlflow/mlflow.db`, artifacts in `<workdir>/mlflow/artifacts`).
         manifest_uri: the ingest `manifest.csv` (or its folder), logged as the run's dataset.
@@ -116,33 +118,43 @@ def register_model(
         raise StepError(
             f"{Path(eval_dir) / 'gate.json'} not found: evaluate the model first (or register with --force)"
         )
-    tracked = track_training_run(
-        backend.tracking_uri,
-        config.registry.experiment,
-        model_dir,
-        eval_dir,
-        saved_model_dir,
-        config,
-        pipeline_run_id,
-        artifact_uri=backend.artifact_uri,
-        manifest_uri=manifest_uri,
-        commit=commit,
-        photos=photos,
-    )
     name = config.registry.model_name
-    version = None
-    if blessed or not require_blessed:
-        registry = Registry(backend.tracking_uri, name)
-        already = registry.find_version(pipeline_run_id)
-        version = already or registry.register(
-            tracked.run_id, pipeline_run_id=pipeline_run_id, model_id=tracked.model_id, export_dir=saved_model_dir
-        )
-        created = already is None
-    else:
+    register = blessed or not require_blessed
+    # Opened (and a new store created) before the lock below is waited for: that takes seconds,
+    # which callers of the same pipeline run spend side by side rather than in turn.
+    registry = Registry(backend.tracking_uri, name)
+
+    def track_and_register() -> tuple[TrackedRun, str | None, bool]:
+        # On an embedded store the lock makes callers of one pipeline run take turns; a server has
+        # no shared file system, and there track_training_run and find_or_register converge instead.
+        with pipeline_run_lock(sqlite_path(backend.tracking_uri), pipeline_run_id) as exclusive:
+            tracked = track_training_run(
+                backend.tracking_uri,
+                config.registry.experiment,
+                model_dir,
+                eval_dir,
+                saved_model_dir,
+                config,
+                pipeline_run_id,
+                artifact_uri=backend.artifact_uri,
+                manifest_uri=manifest_uri,
+                commit=commit,
+                photos=photos,
+                exclusive=exclusive,
+            )
+            if not register:
+                return tracked, None, tracked.created
+            version, made = registry.find_or_register(
+                tracked.run_id, pipeline_run_id=pipeline_run_id, model_id=tracked.model_id, export_dir=saved_model_dir
+            )
+            return tracked, version, tracked.created or made
+
+    # Safe to repeat: an attempt that failed left nothing behind, and one that got far finds its own work.
+    tracked, version, created = retry_store_race(track_and_register, f"register pipeline run {pipeline_run_id}")
+    if not register:
         log.warning(
             "gate did not bless pipeline run %s: tracked as run %s, not registered", pipeline_run_id, tracked.run_id
         )
-        created = tracked.created
     return RegistrationResult(
         model_name=name,
         version=version,

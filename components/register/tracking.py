@@ -1,17 +1,20 @@
 """Record one training run in MLflow: config, per-epoch history, test metrics, reports, both model formats.
 
 One pipeline run is one MLflow run, found again by its `pipeline_run_id` tag: logging the same
-pipeline run twice returns the run logged the first time. A run that fails half-way is deleted,
-so the UI never shows a run with half its metrics or artifacts.
+pipeline run twice, one after the other or at once, returns the run logged first (`claim_run`).
+A run that fails half-way is deleted, so the UI never shows a run with half its metrics or artifacts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
+import random
 import re
 import subprocess
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ import yaml
 
 from components.register import model_package
 from components.register.backend import backend_errors, is_already_exists, is_not_found, make_client
+from components.register.coordination import HEARTBEAT_TAG, REGISTRATION_WAIT_S, Heartbeat, StaleWatch, now_ms
 from core import layouts, storage
 from core.config import Config
 from core.errors import StepError
@@ -240,7 +244,16 @@ def read_training_outputs(
 
 
 def git_commit(repo_dir: str | Path | None = None) -> str:
-    """The checked-out commit (with `-dirty` when there are uncommitted changes), or "unknown"."""
+    """The commit the code was built from (with `-dirty` when there were uncommitted changes), or "unknown".
+
+    An image has no repository to ask: `make images` bakes the commit into it as
+    `FASHION_GIT_COMMIT`, which wins when set. Elsewhere git answers for the checkout.
+    """
+    import os
+
+    baked = os.environ.get("FASHION_GIT_COMMIT", "").strip()
+    if baked:
+        return baked
     cwd = Path(repo_dir) if repo_dir else Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
@@ -339,14 +352,93 @@ def ensure_experiment(client: Any, name: str, artifact_uri: str = "") -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-def find_run(client: Any, experiment_id: str, pipeline_run_id: str) -> tuple[Any | None, list[Any]]:
-    """(the finished run of `pipeline_run_id` or None, its unfinished leftovers)."""
+def runs_of(client: Any, experiment_id: str, pipeline_run_id: str) -> list[Any]:
+    """The (not deleted) MLflow runs tagged with `pipeline_run_id`, earliest first."""
     runs = client.search_runs(
         [experiment_id], filter_string=f"tags.{TAG_PIPELINE_RUN} = '{pipeline_run_id}'", max_results=50
     )
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    leftovers = [r for r in runs if r.info.status != "FINISHED"]
-    return (finished[0] if finished else None), leftovers
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def claim_run(
+    client: Any,
+    experiment_id: str,
+    pipeline_run_id: str,
+    tags: Mapping[str, str],
+    *,
+    exclusive: bool = False,
+    wait_s: float = REGISTRATION_WAIT_S,
+) -> tuple[Any, bool]:
+    """The run of a pipeline run: the finished one, or a new one that this caller alone goes on to log.
+
+    A finished run is returned as it is (the earliest, should there be several). An unfinished run
+    is another caller logging it, whom this one waits for, or a crashed attempt's leftover, which is
+    deleted: with `exclusive` every unfinished run is a leftover, otherwise one is when it failed or
+    its heartbeat stopped (`coordination.StaleWatch`). With none left, a new run is created; a caller
+    that then finds another new run beside its own deletes its own and looks again. So at most one
+    caller logs a pipeline run, and the others adopt its run once it is finished (or claim the
+    pipeline run anew when that caller failed and deleted its run).
+
+    Args:
+        client: the MlflowClient.
+        experiment_id: the experiment.
+        pipeline_run_id: the pipeline run.
+        tags: the tags of a new run (with the `pipeline_run_id` tag).
+        exclusive: the caller holds a lock that keeps every other caller of this pipeline run away.
+        wait_s: how long to wait for another caller to finish logging.
+
+    Returns:
+        (run, created): the MLflow Run, and True when it was just created and is for this caller to log.
+
+    Raises:
+        StepError: another caller kept logging for longer than `wait_s`.
+    """
+    watch = StaleWatch()
+    deadline = time.monotonic() + wait_s
+    waited_for = None
+    while True:
+        runs = runs_of(client, experiment_id, pipeline_run_id)
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        if finished:
+            return finished[0], False
+        live = [r for r in runs if not _is_leftover(r, watch, exclusive)]
+        for run in runs:
+            if run not in live:
+                log.warning("deleting MLflow run %s left unfinished by an earlier attempt", run.info.run_id)
+                _delete_run_quietly(client, run.info.run_id)
+        if not live:
+            # The first heartbeat is the creation: a run waited on before its logging starts is live.
+            run = client.create_run(
+                experiment_id, tags=dict(tags) if exclusive else {**tags, HEARTBEAT_TAG: str(now_ms())}
+            )
+            if exclusive:
+                return run, True
+            live = [
+                r
+                for r in runs_of(client, experiment_id, pipeline_run_id)
+                if r.info.run_id != run.info.run_id and not _is_leftover(r, watch, exclusive)
+            ]
+            if not live:
+                return run, True
+            # Others created a run at the same moment: all step back, and the pause of random length
+            # below lets one of them claim the pipeline run while the rest wait for it.
+            log.info("pipeline run %s: another registration began at the same moment; stepping back", pipeline_run_id)
+            _delete_run_quietly(client, run.info.run_id)
+        if time.monotonic() > deadline:
+            raise StepError(
+                f"pipeline run {pipeline_run_id} has been logged by another registration (MLflow run "
+                f"{live[0].info.run_id}) for over {wait_s:.0f}s; wait for it, or delete that run and register again"
+            )
+        if live[0].info.run_id != waited_for:
+            waited_for = live[0].info.run_id
+            log.info("pipeline run %s is being logged as MLflow run %s; waiting for it", pipeline_run_id, waited_for)
+        time.sleep(random.uniform(0.3, 1.0))
+
+
+def _is_leftover(run: Any, watch: StaleWatch, exclusive: bool) -> bool:
+    if run.info.status == "FINISHED":
+        return False
+    return exclusive or run.info.status in ("FAILED", "KILLED") or watch.is_stale(run)
 
 
 def logged_model_of(client: Any, run: Any) -> str | None:
@@ -374,44 +466,54 @@ def log_training_run(
     pipeline_run_id: str,
     commit: str,
     photos: Sequence[bytes | str | Path] = (),
+    *,
+    exclusive: bool = False,
 ) -> TrackedRun:
     """Log one pipeline run's training and evaluation as an MLflow run (or return the one logged before).
 
-    A finished run with the same `pipeline_run_id` tag is reused as it is; unfinished ones left by a
-    crashed attempt are deleted. If anything fails while logging, the new run is deleted too.
+    The run is found or claimed by `claim_run` (`exclusive` when the caller holds the pipeline run's
+    lock). If anything fails while logging, the new run is deleted again.
     """
     from mlflow.entities import Param
 
-    existing, leftovers = find_run(client, experiment_id, pipeline_run_id)
-    for run in leftovers:
-        log.warning("deleting MLflow run %s left unfinished by an earlier attempt", run.info.run_id)
-        client.delete_run(run.info.run_id)
-    if existing is not None:
-        log.info("pipeline run %s was logged before as MLflow run %s", pipeline_run_id, existing.info.run_id)
-        return TrackedRun(existing.info.run_id, experiment_id, logged_model_of(client, existing), created=False)
-
-    run = client.create_run(experiment_id, tags=run_tags(outputs, pipeline_run_id, commit))
+    tags = run_tags(outputs, pipeline_run_id, commit)
+    run, created = claim_run(client, experiment_id, pipeline_run_id, tags, exclusive=exclusive)
     run_id = run.info.run_id
+    if not created:
+        log.info("pipeline run %s was logged before as MLflow run %s", pipeline_run_id, run_id)
+        return TrackedRun(run_id, experiment_id, logged_model_of(client, run), created=False)
+
     try:
-        client.log_batch(
-            run_id,
-            metrics=_history_metrics(outputs, run.info.start_time),
-            params=[Param(k, v[:6000]) for k, v in flatten(outputs.config).items()],
-        )
-        _log_dataset(client, run_id, outputs)
-        _log_artifacts(client, run_id, outputs)
-        model_id = None
-        if outputs.export_dir is not None:
-            model = model_package.log_serving_model(
-                client, experiment_id, run_id, outputs.export_dir, photos, tags={TAG_PIPELINE_RUN: pipeline_run_id}
+        # Callers waiting for this run watch its heartbeat; with the lock held, nobody waits on it.
+        with contextlib.nullcontext() if exclusive else Heartbeat(client, run_id):
+            client.log_batch(
+                run_id,
+                metrics=_history_metrics(outputs, run.info.start_time),
+                params=[Param(k, v[:6000]) for k, v in flatten(outputs.config).items()],
             )
-            model_id = model.model_id
+            _log_dataset(client, run_id, outputs)
+            _log_artifacts(client, run_id, outputs)
+            model_id = None
+            if outputs.export_dir is not None:
+                model = model_package.log_serving_model(
+                    client, experiment_id, run_id, outputs.export_dir, photos, tags={TAG_PIPELINE_RUN: pipeline_run_id}
+                )
+                model_id = model.model_id
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         _delete_run_quietly(client, run_id)
         raise
+    if not exclusive:
+        _forget_heartbeat(client, run_id)
     log.info("logged pipeline run %s as MLflow run %s", pipeline_run_id, run_id)
     return TrackedRun(run_id, experiment_id, model_id, created=True)
+
+
+def _forget_heartbeat(client: Any, run_id: str) -> None:
+    try:
+        client.delete_tag(run_id, HEARTBEAT_TAG)
+    except Exception as err:  # the run is finished and complete: the tag is only clutter on its page
+        log.debug("could not remove the heartbeat tag of run %s: %s", run_id, err)
 
 
 def _delete_run_quietly(client: Any, run_id: str) -> None:
@@ -435,6 +537,7 @@ def track_training_run(
     manifest_uri: str | None = None,
     commit: str | None = None,
     photos: Sequence[bytes | str | Path] = (),
+    exclusive: bool = False,
 ) -> TrackedRun:
     """Record a training run in MLflow: the step function behind every pipeline run's MLflow page.
 
@@ -450,6 +553,8 @@ def track_training_run(
         manifest_uri: the ingest `manifest.csv` (or its folder), logged as the run's dataset.
         commit: the code version; default: the git commit of this checkout.
         photos: encoded photos for the model's input example.
+        exclusive: the caller holds `coordination.pipeline_run_lock`: nobody else logs this pipeline
+            run meanwhile, so an unfinished run of it is a crashed attempt's leftover.
 
     Returns:
         The TrackedRun.
@@ -464,4 +569,6 @@ def track_training_run(
     where = f"{tracking_uri} (artifacts: {artifact_uri})" if artifact_uri else tracking_uri
     with backend_errors(where, f"log pipeline run {pipeline_run_id}"):
         experiment_id = ensure_experiment(client, experiment, artifact_uri)
-        return log_training_run(client, experiment_id, outputs, pipeline_run_id, commit or git_commit(), photos)
+        return log_training_run(
+            client, experiment_id, outputs, pipeline_run_id, commit or git_commit(), photos, exclusive=exclusive
+        )

@@ -3,8 +3,9 @@
 # pipeline and its workers share one set of pinned dependencies and one copy of the code.
 #
 # Build from the repository root:  make images   (or)
-#   docker build -f infra/docker/component.Dockerfile -t fashion-classifier:latest .
-# The tag must match config.pipeline.base_image of the compiled pipeline.
+#   docker build -f infra/docker/component.Dockerfile --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t fashion-classifier:latest .
+# The tag must match config.pipeline.base_image of the compiled pipeline, and name a registry the
+# cluster pulls from (`fashion compile` warns when it does not).
 
 ARG PYTHON_VERSION=3.11
 ARG BEAM_VERSION=2.77.0
@@ -23,7 +24,8 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 
-# Dependencies first: this layer is rebuilt only when the lock file changes.
+# Dependencies first: this layer is rebuilt only when the lock file changes. requirements.lock holds
+# the runtime pins only; the test tools (requirements-test.lock) stay out of the image.
 COPY requirements.lock ./
 RUN pip install -r requirements.lock
 
@@ -40,6 +42,11 @@ COPY configs ./configs
 COPY data ./data
 RUN pip install --no-deps -e . \
     && python -c "import core.config, pipeline.dag, serving.contract"
+# The commit this image was built from (`make images` passes it): the steps record it in MLflow and
+# on the model artifact, and an image has no git repository to ask. Last, so a new commit rebuilds
+# no earlier layer.
+ARG GIT_COMMIT=""
+ENV FASHION_GIT_COMMIT=${GIT_COMMIT}
 # No USER here: KFP's launcher writes step outputs under root-owned mount points (/gcs, /minio);
 # clusters that require non-root pods set runAsUser and an fsGroup in the pipeline's pod spec.
 

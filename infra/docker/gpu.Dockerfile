@@ -3,8 +3,9 @@
 # The pipeline uses it for training when config.pipeline.accelerator_count > 0.
 #
 # Build from the repository root:  make images   (or)
-#   docker build -f infra/docker/gpu.Dockerfile -t fashion-classifier-gpu:latest .
-# The tag must match config.pipeline.gpu_image of the compiled pipeline.
+#   docker build -f infra/docker/gpu.Dockerfile --build-arg GIT_COMMIT=$(git rev-parse HEAD) -t fashion-classifier-gpu:latest .
+# The tag must match config.pipeline.gpu_image of the compiled pipeline, and name a registry the
+# cluster pulls from (`fashion compile` warns when it does not).
 
 ARG PYTHON_VERSION=3.11
 FROM python:${PYTHON_VERSION}-slim-bookworm
@@ -23,7 +24,8 @@ RUN apt-get update \
 WORKDIR /app
 
 COPY requirements.lock ./
-# The lock pins tensorflow itself; the extra adds only the matching NVIDIA runtime wheels.
+# The runtime lock (no test tools) pins tensorflow itself; the extra adds only the matching NVIDIA
+# runtime wheels.
 RUN pip install -r requirements.lock "tensorflow[and-cuda]==${TF_VERSION}"
 
 COPY pyproject.toml README.md ./
@@ -34,5 +36,10 @@ COPY serving ./serving
 COPY configs ./configs
 RUN pip install --no-deps -e . \
     && python -c "import core.config, pipeline.dag"
+# The commit this image was built from (`make images` passes it): the steps record it in MLflow and
+# on the model artifact, and an image has no git repository to ask. Last, so a new commit rebuilds
+# no earlier layer.
+ARG GIT_COMMIT=""
+ENV FASHION_GIT_COMMIT=${GIT_COMMIT}
 # No USER here: KFP's launcher writes step outputs under root-owned mount points (/gcs, /minio);
 # clusters that require non-root pods set runAsUser and an fsGroup in the pipeline's pod spec.

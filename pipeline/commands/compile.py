@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,10 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion compile`."""
-    from pipeline.cluster import compile_pipeline
+    from pipeline.cluster import compile_pipeline, image_warning
     from pipeline.commands.submit import beam_args, resolve_cluster_config
 
     config = resolve_cluster_config(args)
     path = compile_pipeline(config, args.out, beam_args(args))
     print(f"compiled {config.pipeline.name} ({config.preset}) to {path}")
+    warning = image_warning(config)
+    if warning:
+        print(f"fashion compile: {warning}", file=sys.stderr)
     return 0

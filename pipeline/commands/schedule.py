@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion schedule`."""
     from pipeline import cluster
-    from pipeline.commands.submit import beam_args, require_host, resolve_cluster_config
+    from pipeline.commands.submit import beam_args, require_host, resolve_cluster_config, warn_unpullable_images
 
     host = require_host(args)
     if args.list:
@@ -46,8 +46,10 @@ def run(args: argparse.Namespace) -> int:
         deleted = cluster.delete_schedule(host, args.delete, args.experiment, args.namespace, args.token)
         print(f"deleted recurring run {deleted.recurring_run_id} ({deleted.name})")
         return 0
+    config = resolve_cluster_config(args)
+    warn_unpullable_images(config, args)
     created = cluster.schedule_run(
-        resolve_cluster_config(args),
+        config,
         host,
         args.cron,
         experiment=args.experiment,

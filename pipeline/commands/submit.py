@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from typing import Any
 
 from pipeline.cluster import DEFAULT_EXPERIMENT
 
@@ -88,11 +90,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def warn_unpullable_images(config: Any, args: argparse.Namespace) -> None:
+    """Warn on stderr when the package compiled here names images no cluster can pull (not for --package)."""
+    from pipeline.cluster import image_warning
+
+    warning = None if getattr(args, "package", None) else image_warning(config)
+    if warning:
+        print(f"fashion {args.command}: {warning}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Handle `fashion submit`."""
     from pipeline.cluster import submit_run
 
     config = resolve_cluster_config(args)
+    warn_unpullable_images(config, args)
     created = submit_run(
         config,
         require_host(args),
