@@ -38,6 +38,9 @@ TRAIN_LOGS = "logs"
 LAST_CHECKPOINT = "last.keras"
 BEST_WEIGHTS = "best.weights.h5"
 TRAIN_STATE = "state.json"
+# A checkpoint mirrored to object storage: the model files alternate between two folders, so the
+# one `state.json` names stays whole while the next epoch's upload is under way.
+CHECKPOINT_SLOTS = ("slot-0", "slot-1")
 MODEL_FOLDER_FILES = (MODEL, MODEL_CONFIG, LABELS, HISTORY, CONFIG)
 
 # evaluate

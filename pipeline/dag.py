@@ -9,7 +9,7 @@ No `from __future__ import annotations` here: kfp reads the pipeline's parameter
 from kfp import dsl
 
 from core.config import Config
-from pipeline.params import pipeline_arguments
+from pipeline.params import checkpoint_root_of, pipeline_arguments
 from pipeline.steps import build_components
 
 # Steps whose outputs are a pure function of their inputs: a re-run with the same arguments reuses them.
@@ -29,19 +29,22 @@ DISPLAY_NAMES = {
 }
 
 
-def build_pipeline(config: Config, beam_args: list[str] | None = None):
+def build_pipeline(config: Config, beam_args: list[str] | None = None, checkpoint_root: str | None = None):
     """Build the `@dsl.pipeline` for `config`: its defaults are the config's values.
 
     Args:
         config: the resolved configuration; `pipeline.*` sets images and resources at build
             time, the rest becomes the default value of the pipeline parameters.
         beam_args: default Beam flags of the preprocess step (none: Beam runs inside the step).
+        checkpoint_root: where training keeps its checkpoints across runs (default: the pipeline
+            root's `checkpoints/`; a local run passes its own pipeline root's).
 
     Returns:
         The pipeline (a kfp GraphComponent): call it under `kfp.local`, or compile it.
     """
     steps = build_components(config.pipeline)
     defaults = pipeline_arguments(config, beam_args)
+    checkpoints = checkpoint_root_of(config) if checkpoint_root is None else checkpoint_root
     resources = config.pipeline
 
     @dsl.pipeline(
@@ -66,7 +69,10 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None):
         )
         preprocess.set_cpu_request(resources.preprocess_cpu)
 
-        train = steps["train_model"](preset=preset, overrides=overrides, examples=preprocess.outputs["examples"])
+        # A build-time constant: KFP's driver resolves no pipeline-root placeholder in a task's parameters.
+        train = steps["train_model"](
+            preset=preset, overrides=overrides, checkpoint_root=checkpoints, examples=preprocess.outputs["examples"]
+        )
         train.set_caching_options(enable_caching=False)
         train.set_cpu_request(resources.train_cpu).set_memory_request(resources.train_memory)
         train.set_memory_limit(resources.train_memory)

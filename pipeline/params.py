@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from core import layouts, storage
 from core.config import Config, load_config
 
 # (section, field) pairs carried by dedicated pipeline parameters rather than the overrides dict.
@@ -70,6 +71,16 @@ def pipeline_arguments(config: Config, beam_args: list[str] | None = None) -> di
     for param, (section, field_name) in DEDICATED.items():
         args[param] = plain[section][field_name]
     return args
+
+
+def checkpoint_root_of(config: Config) -> str:
+    """Where the train step keeps checkpoints across runs: `<pipeline_root>/checkpoints`.
+
+    Empty when the pipeline root is left to the cluster's default, which a step cannot name: the
+    checkpoints then stay in the run's own model folder and a re-run trains from scratch.
+    """
+    root = config.pipeline.pipeline_root
+    return storage.join(root, layouts.CHECKPOINTS) if root else ""
 
 
 def step_config(preset: str, overrides: Mapping[str, Any], **dedicated: Any) -> Config:

@@ -59,15 +59,22 @@ def resize_images(
     examples.metadata.update(describe_examples(result))
 
 
-def train_model(preset: str, overrides: dict, examples: Input[Dataset], model: Output[Model]):
-    """Train the unified network on the shards; the model folder is the output Model."""
+def train_model(
+    preset: str, overrides: dict, examples: Input[Dataset], model: Output[Model], checkpoint_root: str = ""
+):
+    """Train the unified network on the shards; the model folder is the output Model.
+
+    Checkpoints go under `checkpoint_root` (the pipeline root's `checkpoints/`) in a folder named by
+    the examples and the settings, not into this run's output: a re-run of a killed run resumes there.
+    """
     from components.train import step as trainer
     from pipeline.metadata import describe_model
     from pipeline.params import step_config
 
     config = step_config(preset, overrides)
-    result = trainer.train_model(examples.path, model.path, config)
+    result = trainer.train_model(examples.path, model.path, config, checkpoint_root=checkpoint_root)
     model.metadata.update(describe_model(result, config))
+    model.metadata["checkpoint_uri"] = result.checkpoint_uri
 
 
 def evaluate_model(

@@ -1,12 +1,17 @@
 """The Keras callbacks of training: per-epoch checkpoints and the resume state, batch-norm recalibration, scalars.
 
-The checkpoint folder (`checkpoints/` of the model folder) holds `last.keras` (model and optimiser
-after the last completed epoch), `best.weights.h5` (the best validation epoch's weights) and
-`state.json` (completed epochs, history, early-stopping counters and the settings it belongs to).
+A checkpoint folder holds `last.keras` (model and optimiser after the last completed epoch),
+`best.weights.h5` (the best validation epoch's weights) and `state.json` (completed epochs, history,
+early-stopping counters and the settings it belongs to). `fashion train` keeps it in the model
+folder (`checkpoints/`); a pipeline run keeps it at `resume_location`, a place named by the run's
+inputs, so the next run of the same inputs finds it. A checkpoint in object storage is mirrored
+from a local working copy after every epoch (`mirror_checkpoint`) and restored from it at the start
+(`restore_checkpoint`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -18,9 +23,10 @@ import keras
 import numpy as np
 
 from components.train.model_folder import save_model_atomically, write_text_atomically
-from core import layouts
+from core import layouts, storage
 from core.config import Config
 from core.errors import StepError
+from core.labels import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,83 @@ def resume_state(checkpoint_dir: Path, config: Config) -> dict[str, Any]:
     return state
 
 
+def _data_identity(data_dir: str | Path) -> dict[str, Any]:
+    """What names a preprocess output: its stats and labels (which name the manifest they came from) and its shards.
+
+    Hashing the few small files and the shards' names and sizes, not their bytes, keeps this cheap for
+    a full catalogue; a different catalogue or preprocessing changes the stats, the labels or the shards.
+    """
+    root = Path(data_dir)
+    digest = hashlib.sha256()
+    for name in (layouts.STATS, layouts.LABELS):
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
+    compression = layouts.read_stats(root).get("compression", "none")
+    shards = sorted(p for split in SPLITS for p in root.glob(layouts.shard_pattern(split, compression)))
+    return {"files": digest.hexdigest(), "shards": [[p.name, p.stat().st_size] for p in shards]}
+
+
+def resume_location(checkpoint_root: str, data_dir: str | Path, config: Config) -> str:
+    """The checkpoint folder of training on `data_dir` with `config`: `<checkpoint_root>/<key>`.
+
+    The key hashes the training data's identity and the whole `model` and `train` sections, so a
+    re-run with the same inputs finds the checkpoint a killed run left, and a run with other data
+    or settings (epochs included: the learning-rate schedule spans them) gets a folder of its own.
+
+    Args:
+        checkpoint_root: a local folder or gs:// URI holding every run's checkpoint folders.
+        data_dir: the preprocess output folder training reads.
+        config: the resolved run configuration.
+
+    Returns:
+        The folder's path or URI.
+    """
+    plain = config.to_dict()
+    identity = {"data": _data_identity(data_dir), "model": plain["model"], "train": plain["train"]}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return storage.join(checkpoint_root, key)
+
+
+def mirror_checkpoint(checkpoint_dir: Path, uri: str, state: Mapping[str, Any]) -> None:
+    """Copy the checkpoint folder to `uri`: the model files into this epoch's slot, then `state.json` naming it.
+
+    The slots alternate by epoch, and the state is written last, so a kill mid-upload leaves the
+    previous epoch's slot and the state that names it intact.
+    """
+    slot = layouts.CHECKPOINT_SLOTS[int(state["epochs_done"]) % len(layouts.CHECKPOINT_SLOTS)]
+    for name in (layouts.LAST_CHECKPOINT, layouts.BEST_WEIGHTS):
+        if (checkpoint_dir / name).is_file():
+            storage.write_bytes(storage.join(uri, slot, name), (checkpoint_dir / name).read_bytes())
+    mirrored = {**state, "mirror_slot": slot}
+    storage.write_bytes(storage.join(uri, layouts.TRAIN_STATE), json.dumps(mirrored, indent=1).encode())
+
+
+def restore_checkpoint(uri: str, checkpoint_dir: Path) -> bool:
+    """Copy a checkpoint mirrored at `uri` into the local `checkpoint_dir`; False when there is none.
+
+    Raises:
+        StorageError: the mirror cannot be read.
+    """
+    state_uri = storage.join(uri, layouts.TRAIN_STATE)
+    if not storage.exists(state_uri):
+        return False
+    state = json.loads(storage.read_bytes(state_uri))
+    slot = state.pop("mirror_slot", layouts.CHECKPOINT_SLOTS[0])
+    names = [layouts.LAST_CHECKPOINT] + ([layouts.BEST_WEIGHTS] if state.get("best_epoch") else [])
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (checkpoint_dir / name).write_bytes(storage.read_bytes(storage.join(uri, slot, name)))
+    write_text_atomically(checkpoint_dir / layouts.TRAIN_STATE, json.dumps(state, indent=1))
+    return True
+
+
+def _mirror_errors() -> tuple[type[BaseException], ...]:
+    """What a failed upload raises: storage's and the OS's errors, the Google API's and its auth's."""
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+
+    return OSError, GoogleAPIError, GoogleAuthError
+
+
 # The library's callbacks were read (keras 3.15 src/callbacks/) and each breaks a guarantee this one keeps:
 # Not BackupAndRestore: its metadata holds only the epoch, so another configuration's backup is resumed unasked.
 # Not ModelCheckpoint: it saves over last.keras in place (opened "wb"), so a kill mid-save loses the only checkpoint.
@@ -73,15 +156,24 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights and optimiser) after every epoch, tracks the best epoch and stops early.
 
     `state.json` records completed epochs, the history so far and the early-stopping counters,
-    written after the model file, so a crash mid-save leaves the previous checkpoint usable.
+    written after the model file, so a crash mid-save leaves the previous checkpoint usable. With
+    `mirror_uri` the folder is then copied there (`mirror_checkpoint`).
     """
 
-    def __init__(self, checkpoint_dir: Path, patience: int, state: dict[str, Any], log_every: bool = True):
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        patience: int,
+        state: dict[str, Any],
+        log_every: bool = True,
+        mirror_uri: str = "",
+    ):
         super().__init__()
         self.dir = checkpoint_dir
         self.patience = patience
         self.state = state
         self.log_every = log_every
+        self.mirror_uri = mirror_uri
         self._start = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
@@ -122,6 +214,20 @@ class EpochCheckpoint(keras.callbacks.Callback):
             state["stopped_early"] = True
             write_text_atomically(self.dir / layouts.TRAIN_STATE, json.dumps(state, indent=1))
             self.model.stop_training = True
+        if self.mirror_uri:
+            self._mirror()
+
+    def _mirror(self) -> None:
+        """Mirror the checkpoint; a failed upload costs only the resume point, so training goes on."""
+        try:
+            mirror_checkpoint(self.dir, self.mirror_uri, self.state)
+        except _mirror_errors() as err:
+            log.warning(
+                "could not mirror the checkpoint to %s (%s): a crash now resumes from epoch %d or earlier",
+                self.mirror_uri,
+                err,
+                self.state["epochs_done"] - 1,
+            )
 
 
 def _batchnorm_layers(layer: Any) -> list[Any]:

@@ -2,8 +2,10 @@
 
 `train_model` is the step: it reads the shards and statistics, builds the model under a
 distribution strategy chosen from the devices present, trains with the class-weighted losses,
-checkpoints every epoch, and writes one model folder (docs/ARTIFACTS.md). Running it again on
-the same output folder after a crash resumes from the last completed epoch.
+checkpoints every epoch, and writes one model folder (docs/ARTIFACTS.md). Running it again after
+a crash resumes from the last completed epoch: on the same output folder (`fashion train`), or,
+given a checkpoint root (a pipeline run, whose output folder is new every run), on the same data
+and settings.
 
 The callbacks live in `callbacks`, the device and precision choice in `devices`, the model
 folder's writing in `model_folder`; this module holds the step and its training loop.
@@ -11,10 +13,12 @@ folder's writing in `model_folder`; this module holds the step and its training 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
 import sys
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,13 +29,20 @@ import keras
 import numpy as np
 
 from components.train import data as train_data
-from components.train.callbacks import BatchNormRecalibration, EpochCheckpoint, ScalarLogger, resume_state
+from components.train.callbacks import (
+    BatchNormRecalibration,
+    EpochCheckpoint,
+    ScalarLogger,
+    restore_checkpoint,
+    resume_location,
+    resume_state,
+)
 from components.train.devices import choose_precision, choose_strategy, strategy_scope
 from components.train.losses import build_losses
 from components.train.model import build_model
 from components.train.model_folder import write_model_folder
 from components.train.optim import make_optimizer
-from core import layouts, records
+from core import layouts, records, storage
 from core.config import Config, TrainConfig
 from core.errors import StepError
 
@@ -54,6 +65,7 @@ class TrainResult:
         resumed_from: epochs already completed when this call started (0 for a fresh run).
         history: per-epoch metrics, keyed by metric name.
         final_metrics: the best epoch's metrics.
+        checkpoint_uri: where the checkpoints are kept (a local folder or a gs:// URI).
     """
 
     model_dir: Path
@@ -63,6 +75,7 @@ class TrainResult:
     resumed_from: int
     history: dict[str, list[float]] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint_uri: str = ""
 
 
 def set_seeds(seed: int) -> None:
@@ -120,32 +133,97 @@ def _summary(state: Mapping[str, Any], resumed_from: int) -> dict[str, Any]:
     }
 
 
-def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
+def _checkpoint_folder(
+    stack: contextlib.ExitStack, out: Path, data_dir: str, config: Config, checkpoint_root: str
+) -> tuple[Path, str]:
+    """The local folder this call checkpoints in, and the gs:// URI it mirrors that folder to ('' for none).
+
+    Without a checkpoint root the folder is the model folder's `checkpoints/`. With one, it is the
+    run's `resume_location` there; a gs:// location gets a local working copy (Keras saves to
+    files), restored from the bucket first and removed when training ends.
+    """
+    if not checkpoint_root:
+        return out / layouts.CHECKPOINTS, ""
+    location = resume_location(checkpoint_root, data_dir, config)
+    if storage.is_gcs(location):
+        local = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="checkpoints-")))
+        restore_checkpoint(location, local)
+        return local, location
+    if "://" in location:
+        log.warning("%s: checkpoints can live on a local disk or gs:// only; a crash restarts training", location)
+        return out / layouts.CHECKPOINTS, ""
+    return Path(location), ""
+
+
+def train_model(data_dir: str, out_dir: str, config: Config, checkpoint_root: str = "") -> TrainResult:
     """Train the configured model on a preprocess output folder and write the model folder.
 
     Args:
         data_dir: output folder of `fashion preprocess` (shards, stats.json, labels.json).
-        out_dir: the model folder; if it holds checkpoints of an unfinished run with the same
-            settings, training resumes from the last completed epoch.
+        out_dir: the model folder; without `checkpoint_root`, if it holds checkpoints of an
+            unfinished run with the same settings, training resumes from the last completed epoch.
         config: the resolved run configuration (`model` and `train` sections are used).
+        checkpoint_root: a local folder or gs:// URI to keep checkpoints under, in a folder named by
+            the data and the settings (`resume_location`): training resumes from a checkpoint an
+            earlier call on the same inputs left there, whatever its output folder.
 
     Returns:
         The model folder, epochs run, best epoch and history.
 
     Raises:
-        StepError: the data folder is incomplete, or the output folder holds another run's checkpoints.
+        StepError: the data folder is incomplete, or the checkpoint folder holds another run's checkpoints.
     """
-    tc, mc = config.train, config.model
+    tc = config.train
     stats = layouts.read_stats(data_dir)
     schema = layouts.read_labels(data_dir)
-    sizes = schema.sizes
     image_size = _image_size(stats)
     out = Path(out_dir)
-    checkpoint_dir = out / layouts.CHECKPOINTS
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    state = resume_state(checkpoint_dir, config)
-    resumed_from = int(state["epochs_done"])
+    # Made here, not by the checkpoints or the logs: they may live elsewhere, or training be over already.
+    out.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        checkpoint_dir, mirror_uri = _checkpoint_folder(stack, out, data_dir, config, checkpoint_root)
+        checkpoint_uri = mirror_uri or str(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state = resume_state(checkpoint_dir, config)
+        resumed_from = int(state["epochs_done"])
+        if resumed_from and not _finished(state, tc):
+            log.info("resuming training from epoch %d of %d: checkpoint %s", resumed_from, tc.epochs, checkpoint_uri)
+        elif resumed_from:
+            log.info("training finished earlier, after epoch %d: reusing checkpoint %s", resumed_from, checkpoint_uri)
+        checkpointer = EpochCheckpoint(checkpoint_dir, tc.early_stopping_patience, state, mirror_uri=mirror_uri)
+        model = _fit(data_dir, out, config, stats, schema.sizes, image_size, checkpointer)
+    summary = _summary(state, resumed_from)
+    model_path = write_model_folder(out, model, config, schema, stats, image_size, summary)
+    log.info("model folder written to %s (best epoch %d of %d)", out, summary["best_epoch"], summary["epochs_run"])
+    return TrainResult(
+        model_dir=out,
+        model_path=model_path,
+        epochs_run=summary["epochs_run"],
+        best_epoch=summary["best_epoch"],
+        resumed_from=resumed_from,
+        history=summary["history"],
+        final_metrics=summary["best_metrics"],
+        checkpoint_uri=checkpoint_uri,
+    )
 
+
+def _finished(state: Mapping[str, Any], tc: TrainConfig) -> bool:
+    """Whether a checkpoint's training is over: stopped early, or all epochs done."""
+    return bool(state.get("stopped_early")) or int(state["epochs_done"]) >= tc.epochs
+
+
+def _fit(
+    data_dir: str,
+    out: Path,
+    config: Config,
+    stats: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    image_size: tuple[int, int],
+    checkpointer: EpochCheckpoint,
+) -> keras.Model:
+    """Build the model or load `checkpointer`'s, train the epochs left, and return it with the best weights."""
+    tc, mc = config.train, config.model
+    checkpoint_dir, resumed_from = checkpointer.dir, int(checkpointer.state["epochs_done"])
     set_seeds(tc.seed + resumed_from)
     n_train = _count_split(data_dir, "train")
     if n_train < tc.batch_size:
@@ -171,7 +249,6 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
     try:
         with strategy_scope(strategy):
             if resumed_from:
-                log.info("resuming from %s after epoch %d", checkpoint_dir / layouts.LAST_CHECKPOINT, resumed_from)
                 model = keras.models.load_model(checkpoint_dir / layouts.LAST_CHECKPOINT)
             else:
                 model = build_model(mc, sizes, image_size)
@@ -179,8 +256,7 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
                 compile_model(model, tc, losses, steps)
         train_ds = train_data.make_dataset(data_dir, "train", tc.batch_size, True, tc, repeat=True)
         val_ds = train_data.make_dataset(data_dir, "validation", tc.batch_size, False, tc)
-        done = state.get("stopped_early") or resumed_from >= tc.epochs
-        if not done:
+        if not _finished(checkpointer.state, tc):
             recal_batch = min(RECALIBRATION_BATCH, n_train)
             clean = train_data.make_dataset(
                 data_dir, "train", recal_batch, True, dataclasses.replace(tc, augment=False), True
@@ -189,7 +265,7 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
             recal_batches = max(1, min(RECALIBRATION_BATCHES, n_train // recal_batch))
             callbacks = [
                 BatchNormRecalibration(clean, recal_batches),
-                EpochCheckpoint(checkpoint_dir, tc.early_stopping_patience, state),
+                checkpointer,
                 ScalarLogger(out / layouts.TRAIN_LOGS),
             ]
             with warnings.catch_warnings():
@@ -210,15 +286,4 @@ def train_model(data_dir: str, out_dir: str, config: Config) -> TrainResult:
             model.load_weights(checkpoint_dir / layouts.BEST_WEIGHTS)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    summary = _summary(state, resumed_from)
-    model_path = write_model_folder(out, model, config, schema, stats, image_size, summary)
-    log.info("model folder written to %s (best epoch %d of %d)", out, summary["best_epoch"], summary["epochs_run"])
-    return TrainResult(
-        model_dir=out,
-        model_path=model_path,
-        epochs_run=summary["epochs_run"],
-        best_epoch=summary["best_epoch"],
-        resumed_from=resumed_from,
-        history=summary["history"],
-        final_metrics=summary["best_metrics"],
-    )
+    return model

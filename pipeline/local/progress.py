@@ -3,8 +3,8 @@
 Nothing here decides what a step did: `results` reads statuses, outputs, parameters and cache
 hits from kfp.local's files once the run is over. What only exists while the run is going on is
 kept here: when each step started and ended, how many attempts it took, and each step's own
-output (the console shows it without the executor-input dump kfp prints, and a failed step's
-exception is taken from it).
+output (the console shows it without the executor-input dump kfp prints, a failed step's
+exception is taken from it, and training that picks up an earlier run's checkpoint says so).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ _STARTED = re.compile(rf"Executing task {_TASK}")
 _FINISHED = re.compile(rf"Task {_TASK} finished with status (\w+)")
 _CACHE_HIT = re.compile(r"Task '?([A-Za-z0-9_.-]+?)'? cache hit \(key=\w+\)")
 _ERROR_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception)): (.+)$")
+# The train step's log line (components/train/step.py) when it continues from a checkpoint, as
+# kfp's executor logs it ("[KFP Executor <time> INFO]: ..."); the prefix keeps the echo itself out.
+_RESUMED = re.compile(r"\]: (resuming training from epoch \d+ of \d+|training finished earlier, after epoch \d+)")
 
 
 def plain(text: str) -> str:
@@ -84,6 +87,7 @@ class Tee(io.TextIOBase):
         self.tails: dict[str, collections.deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=keep))
         self._partial = ""
         self._skipping = False
+        self._notes: list[str] = []
 
     def write(self, text: str) -> int:
         """Pass whole lines on (see `_line`); hold a trailing partial line until its newline."""
@@ -91,7 +95,15 @@ class Tee(io.TextIOBase):
         *lines, self._partial = self._partial.split("\n")
         for line in lines:
             self._line(line)
+        if not self._partial:
+            self._echo_notes()
         return len(text)
+
+    def _echo_notes(self) -> None:
+        """Echo the progress lines `_line` noted, now that no partial line is held (echo may write here)."""
+        notes, self._notes = self._notes, []
+        for note in notes:
+            self.tracker.echo(note)
 
     def _line(self, line: str) -> None:
         text = plain(line)
@@ -108,6 +120,8 @@ class Tee(io.TextIOBase):
         self.target.write(line + "\n")
         if self.tracker.current:
             self.tails[self.tracker.current].append(text)
+            if m := _RESUMED.search(text):
+                self._notes.append(f"==> {self.tracker.current}: {m.group(1)} (checkpoint of an earlier run)")
 
     def flush(self) -> None:
         """Flush the real stdout."""
@@ -118,6 +132,7 @@ class Tee(io.TextIOBase):
         if self._partial:
             self._line(self._partial)
             self._partial = ""
+        self._echo_notes()
         self.flush()
 
     def error_message(self, step: str) -> str:

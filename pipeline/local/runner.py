@@ -1,27 +1,38 @@
 """Run the whole DAG on this machine with kfp.local, in the project's own environment, under one work directory.
 
 The same `@dsl.pipeline` that compiles for a cluster runs here through `kfp.local`'s
-SubprocessRunner (no Docker, no pip installs). The work directory holds the pipeline root, the
-local step cache, the MLflow store and the model base path the local server polls. Progress is
-shown live (`progress`); what each step did is read back from kfp's files afterwards (`results`).
+SubprocessRunner (no Docker, no pip installs). The work directory holds the pipeline root (with the
+training checkpoints a re-run resumes from), the local step cache, the MLflow store, the model base
+path the local server polls, and each live run's temporary folder. Progress is shown live
+(`progress`); what each step did is read back from kfp's files afterwards (`results`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from core import storage
+from core import layouts, storage
 from core.config import Config
 from pipeline.local import progress
 from pipeline.local.results import RunResult, find_cache_hits, read_steps
 from pipeline.params import pipeline_arguments
 
 log = logging.getLogger(__name__)
+
+# Under the work directory: one folder per live run, holding kfp's workspace and the steps' temporary files.
+TEMP_DIR = "tmp"
+RUN_TEMP_PREFIX = "run-"
+# Held locked (flock) by the run that owns the folder; the kernel drops the lock when that process dies.
+RUN_LOCK = ".lock"
 
 
 def local_config(config: Config, workdir: str | Path) -> Config:
@@ -70,25 +81,33 @@ def run_pipeline(
     pipeline_root = workdir / "pipeline"
     cache_root = workdir / "cache"
     pipeline_root.mkdir(parents=True, exist_ok=True)
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(pipeline_root),
-        raise_on_error=True,
-        enable_caching=use_cache,
-        cache_root=str(cache_root),
-    )
-    pipeline = build_pipeline(config)
+    # Checkpoints sit beside the runs, named by the training inputs: a re-run after a kill resumes
+    # there, and one with the same data and config reuses the finished training. `--no-cache` trains
+    # afresh inside the model folder.
+    checkpoint_root = str(pipeline_root / layouts.CHECKPOINTS) if use_cache else ""
+    pipeline = build_pipeline(config, checkpoint_root=checkpoint_root)
     arguments = pipeline_arguments(config)
     before = {p.name for p in pipeline_root.iterdir()}
     started = time.monotonic()
     error = ""
-    with progress.tracking(echo) as (tracker, tee), _quiet_local_warnings():
+    with run_temp(workdir) as temp, progress.tracking(echo) as (tracker, tee), _quiet_local_warnings():
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(pipeline_root),
+            # Not a mkdtemp of kfp's own in the system temporary directory, which a kill would leave there.
+            workspace_root=str(temp / "workspace"),
+            raise_on_error=True,
+            enable_caching=use_cache,
+            cache_root=str(cache_root),
+        )
         try:
             pipeline(**arguments)
         except RuntimeError as err:
             error = progress.plain(str(err))
     seconds = time.monotonic() - started
-    runs = sorted(p for p in pipeline_root.iterdir() if p.name not in before and p.is_dir())
+    runs = sorted(
+        p for p in pipeline_root.iterdir() if p.name not in before and p.name != layouts.CHECKPOINTS and p.is_dir()
+    )
     run_dir = runs[-1] if runs else None
     cached = find_cache_hits(pipeline.pipeline_spec, arguments, cache_root, run_dir) if use_cache else {}
     steps = read_steps(run_dir, cached)
@@ -123,6 +142,69 @@ def upload_run(run_dir: str | Path, pipeline_root: str) -> str:
     count = storage.copy_tree(str(run_dir), target)
     log.info("uploaded %d files of the run to %s", count, target)
     return target
+
+
+def remove_stale_temp(workdir: str | Path) -> list[Path]:
+    """Remove the temporary folders that earlier runs in `workdir` left behind when they were killed.
+
+    A folder is removed only when it is provably this project's and dead: it sits in the work
+    directory's `tmp/`, has a run folder's name and lock file, and no process holds that lock any
+    more (the run that made it has exited). The folder of a run still going on is kept.
+
+    Returns:
+        The folders removed.
+    """
+    removed = []
+    root = Path(workdir) / TEMP_DIR
+    for folder in sorted(root.glob(f"{RUN_TEMP_PREFIX}*")) if root.is_dir() else []:
+        try:
+            with open(folder / RUN_LOCK, "rb") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Still locked while it goes: another run cleaning up at the same time skips it.
+                shutil.rmtree(folder, ignore_errors=True)
+        except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+            continue  # a live run's folder, one another run just removed, or no run folder
+        removed.append(folder)
+    if removed:
+        log.info("removed %d temporary folders of killed runs in %s", len(removed), root)
+    return removed
+
+
+@contextlib.contextmanager
+def run_temp(workdir: str | Path) -> Iterator[Path]:
+    """A temporary folder for one run, under the work directory: the steps' `TMPDIR` while the run lasts.
+
+    kfp.local leaves its workspace (`kfp-workspace-*`) and one `mktemp -d` folder per step in the
+    system temporary directory, even after a run that succeeds, and a killed step its own temporary
+    files. Here they all land in one folder, removed when the run ends, or by the next run when
+    this one was killed (`remove_stale_temp`). The steps inherit `TMPDIR` from this process, so it
+    is set for the run's duration and restored after.
+
+    Yields:
+        The folder, whose lock this process holds until the run ends.
+    """
+    root = Path(workdir) / TEMP_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp(workdir)
+    # Python caches its temporary directory on first use: pin this process's to the usual one first,
+    # or a first use during the run would keep pointing at the folder after it is gone.
+    tempfile.gettempdir()
+    # Made and locked under a hidden name, then renamed: `remove_stale_temp` never sees it unlocked.
+    starting = Path(tempfile.mkdtemp(prefix=f".{RUN_TEMP_PREFIX}", dir=root))
+    folder = starting.with_name(starting.name[1:])
+    saved = os.environ.get("TMPDIR")
+    with open(starting / RUN_LOCK, "wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        starting.rename(folder)
+        os.environ["TMPDIR"] = str(folder)
+        try:
+            yield folder
+        finally:
+            if saved is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = saved
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
