@@ -54,6 +54,9 @@ REPORT_MD = "report.md"
 # deploy
 DEPLOYMENT = "deployment.json"
 
+# any step's output folder, when the step failed: its exception type and message
+STEP_ERROR = "step_error.json"
+
 # a local `fashion run`'s serving state
 SERVER_STATE = "server.json"
 

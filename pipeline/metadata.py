@@ -9,15 +9,17 @@ No kfp import: the artifacts arrive as duck-typed objects with `metadata`, `path
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from core import layouts
 from core.errors import StepError
+from core.secrets import redact
 
 
 def _read_json(path: Path) -> Any:
@@ -180,3 +182,21 @@ def describe_deployment(result: Any, config: Any, deployment_dir: str | Path) ->
     folder.mkdir(parents=True, exist_ok=True)
     (folder / layouts.DEPLOYMENT).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta
+
+
+@contextlib.contextmanager
+def recording_failure(artifact: Any) -> Iterator[None]:
+    """Run a step's body; when it raises, write the error into the step's output folder, then re-raise.
+
+    The file (`core.layouts.STEP_ERROR`: exception type and message, passwords redacted) is how
+    `fashion run` reports a failed step's own message without reading the step's log text.
+    """
+    try:
+        yield
+    except Exception as err:
+        folder = Path(artifact.path)
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+            record = {"type": type(err).__name__, "message": redact(str(err))}
+            (folder / layouts.STEP_ERROR).write_text(json.dumps(record))
+        raise

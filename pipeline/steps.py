@@ -20,18 +20,19 @@ def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Outpu
     """Check and label the catalogue at `source_uri`; the manifest folder is the output Dataset."""
     from components.ingest import step as ingest
     from core.retry import call_with_retries
-    from pipeline.metadata import describe_manifest
+    from pipeline.metadata import describe_manifest, recording_failure
     from pipeline.params import step_config
 
-    config = step_config(preset, overrides, source_uri=source_uri)
-    retry = config.pipeline
-    result = call_with_retries(
-        lambda: ingest.ingest_catalogue(source_uri, manifest.path, config),
-        retry.retries,
-        retry.retry_backoff_s,
-        "ingest",
-    )
-    manifest.metadata.update(describe_manifest(result))
+    with recording_failure(manifest):
+        config = step_config(preset, overrides, source_uri=source_uri)
+        retry = config.pipeline
+        result = call_with_retries(
+            lambda: ingest.ingest_catalogue(source_uri, manifest.path, config),
+            retry.retries,
+            retry.retry_backoff_s,
+            "ingest",
+        )
+        manifest.metadata.update(describe_manifest(result))
 
 
 def resize_images(
@@ -45,18 +46,19 @@ def resize_images(
     """
     from components.preprocess import step as preprocess
     from core.retry import call_with_retries
-    from pipeline.metadata import describe_examples
+    from pipeline.metadata import describe_examples, recording_failure
     from pipeline.params import step_config
 
-    config = step_config(preset, overrides)
-    retry = config.pipeline
-    result = call_with_retries(
-        lambda: preprocess.resize_images(manifest.path, examples.path, config, beam_args=list(beam_args) or None),
-        retry.retries,
-        retry.retry_backoff_s,
-        "preprocess",
-    )
-    examples.metadata.update(describe_examples(result))
+    with recording_failure(examples):
+        config = step_config(preset, overrides)
+        retry = config.pipeline
+        result = call_with_retries(
+            lambda: preprocess.resize_images(manifest.path, examples.path, config, beam_args=list(beam_args) or None),
+            retry.retries,
+            retry.retry_backoff_s,
+            "preprocess",
+        )
+        examples.metadata.update(describe_examples(result))
 
 
 def train_model(
@@ -68,13 +70,14 @@ def train_model(
     the examples and the settings, not into this run's output: a re-run of a killed run resumes there.
     """
     from components.train import step as trainer
-    from pipeline.metadata import describe_model
+    from pipeline.metadata import describe_model, recording_failure
     from pipeline.params import step_config
 
-    config = step_config(preset, overrides)
-    result = trainer.train_model(examples.path, model.path, config, checkpoint_root=checkpoint_root)
-    model.metadata.update(describe_model(result, config))
-    model.metadata["checkpoint_uri"] = result.checkpoint_uri
+    with recording_failure(model):
+        config = step_config(preset, overrides)
+        result = trainer.train_model(examples.path, model.path, config, checkpoint_root=checkpoint_root)
+        model.metadata.update(describe_model(result, config))
+        model.metadata["checkpoint_uri"] = result.checkpoint_uri
 
 
 def evaluate_model(
@@ -99,15 +102,16 @@ def evaluate_model(
     """
     from components import evaluate
     from components.register import Registry
-    from pipeline.metadata import record_evaluation
+    from pipeline.metadata import record_evaluation, recording_failure
     from pipeline.params import step_config
 
-    config = step_config(
-        preset, overrides, gate_floors=gate_floors, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri
-    )
-    champion = Registry.from_config(config).champion_metrics()
-    result = evaluate.evaluate_model(model.path, examples.path, evaluation.path, config, champion_metrics=champion)
-    return record_evaluation(result, evaluation, metrics, confusion, report, summary)
+    with recording_failure(evaluation):
+        config = step_config(
+            preset, overrides, gate_floors=gate_floors, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri
+        )
+        champion = Registry.from_config(config).champion_metrics()
+        result = evaluate.evaluate_model(model.path, examples.path, evaluation.path, config, champion_metrics=champion)
+        return record_evaluation(result, evaluation, metrics, confusion, report, summary)
 
 
 def register_model(
@@ -124,21 +128,22 @@ def register_model(
     """Export the SavedModel, track the run in MLflow and register the version as the `challenger`."""
     from components import register
     from core.retry import call_with_retries
-    from pipeline.metadata import describe_registration
+    from pipeline.metadata import describe_registration, recording_failure
     from pipeline.params import step_config
 
-    config = step_config(preset, overrides, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri)
-    retry = config.pipeline
-    # Registration is idempotent per pipeline run id, so a retry never makes a second run or version.
-    result = call_with_retries(
-        lambda: register.register_model(
-            model.path, evaluation.path, saved_model.path, config, pipeline_run_id, manifest_uri=manifest.path
-        ),
-        retry.retries,
-        retry.retry_backoff_s,
-        "register",
-    )
-    saved_model.metadata.update(describe_registration(result))
+    with recording_failure(saved_model):
+        config = step_config(preset, overrides, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri)
+        retry = config.pipeline
+        # Registration is idempotent per pipeline run id, so a retry never makes a second run or version.
+        result = call_with_retries(
+            lambda: register.register_model(
+                model.path, evaluation.path, saved_model.path, config, pipeline_run_id, manifest_uri=manifest.path
+            ),
+            retry.retries,
+            retry.retry_backoff_s,
+            "register",
+        )
+        saved_model.metadata.update(describe_registration(result))
 
 
 def deploy_model(
@@ -158,33 +163,34 @@ def deploy_model(
     from components.register import Registry
     from core import layouts
     from core.retry import call_with_retries
-    from pipeline.metadata import describe_deployment
+    from pipeline.metadata import describe_deployment, recording_failure
     from pipeline.params import step_config
     from serving.model_config import model_config_uri
 
-    config = step_config(
-        preset,
-        overrides,
-        model_name=model_name,
-        mlflow_tracking_uri=mlflow_tracking_uri,
-        model_base_path=model_base_path,
-    )
-    serving = config.serving
-    # deploy_model takes the registry's `challenger`: the version `saved_model` records, registered upstream.
-    # A failed deploy removes what it published, so it can run again from the start.
-    result = call_with_retries(
-        lambda: deploy.deploy_model(
-            Registry.from_config(config),
-            config,
-            f"{serving.host}:{serving.grpc_port}",
-            model_config_uri(serving.model_base_path),
-            predictions_path=os.path.join(evaluation.path, layouts.PREDICTIONS),
-        ),
-        config.pipeline.retries,
-        config.pipeline.retry_backoff_s,
-        "deploy",
-    )
-    deployment.metadata.update(describe_deployment(result, config, deployment.path))
+    with recording_failure(deployment):
+        config = step_config(
+            preset,
+            overrides,
+            model_name=model_name,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            model_base_path=model_base_path,
+        )
+        serving = config.serving
+        # deploy_model takes the registry's `challenger`: the version `saved_model` records, registered upstream.
+        # A failed deploy removes what it published, so it can run again from the start.
+        result = call_with_retries(
+            lambda: deploy.deploy_model(
+                Registry.from_config(config),
+                config,
+                f"{serving.host}:{serving.grpc_port}",
+                model_config_uri(serving.model_base_path),
+                predictions_path=os.path.join(evaluation.path, layouts.PREDICTIONS),
+            ),
+            config.pipeline.retries,
+            config.pipeline.retry_backoff_s,
+            "deploy",
+        )
+        deployment.metadata.update(describe_deployment(result, config, deployment.path))
 
 
 STEPS = (ingest_images, resize_images, train_model, evaluate_model, register_model, deploy_model)

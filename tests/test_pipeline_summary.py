@@ -196,3 +196,20 @@ def test_the_sample_photo_is_one_of_a_class_the_model_knows(samples_dir):
     assert pick_sample(samples_dir, ["Jeans", "Casual Shoes"]).name.startswith(("jeans-", "casual-shoes-"))
     assert pick_sample(samples_dir, ["Perfume and Body Mist"]).name.startswith("perfume-and-body-mist-")
     assert pick_sample(samples_dir, []).parent == samples_dir
+
+
+def test_a_failed_step_records_its_error_in_its_output_folder_and_the_summary_reads_it(tmp_path):
+    import types
+
+    from core import layouts
+    from core.errors import StepError
+    from pipeline.local.results import read_steps
+    from pipeline.metadata import recording_failure
+
+    output = types.SimpleNamespace(path=str(tmp_path / "run" / "ingest-images" / "manifest"))
+    with pytest.raises(StepError), recording_failure(output):
+        raise StepError("source http://u:pw@host/x is not a zip")
+    assert (tmp_path / "run" / "ingest-images" / "manifest" / layouts.STEP_ERROR).is_file()
+    steps = read_steps(tmp_path / "run", names=("ingest-images",))
+    assert steps["ingest-images"].status == "failed"
+    assert steps["ingest-images"].message == "StepError: source http://u:***@host/x is not a zip"

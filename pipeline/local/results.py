@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import layouts
+
 if TYPE_CHECKING:
     from kfp.pipeline_spec import pipeline_spec_pb2
 
@@ -162,6 +164,17 @@ def _split_outputs(outputs: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]
     return artifacts, parameters
 
 
+def read_step_error(task_dir: Path) -> str:
+    """`Type: message` of the error a failed step recorded in one of its output folders, else ''."""
+    for path in sorted(task_dir.glob(f"*/{layouts.STEP_ERROR}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        return f"{record.get('type', 'Error')}: {record.get('message', '')}"
+    return ""
+
+
 def read_steps(
     run_dir: str | Path | None,
     cached: Mapping[str, StepRecord] | None = None,
@@ -188,7 +201,7 @@ def read_steps(
             outputs, parameters = read_executor_output(task_dir)
             steps[name] = StepRecord(name, "succeeded", outputs=outputs, parameters=parameters)
         elif task_dir is not None and task_dir.is_dir():
-            steps[name] = StepRecord(name, "failed")
+            steps[name] = StepRecord(name, "failed", message=read_step_error(task_dir))
         elif name in cached:
             steps[name] = dataclasses.replace(cached[name])
         else:

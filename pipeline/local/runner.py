@@ -116,7 +116,9 @@ def run_pipeline(
         if step.status != "cached":
             step.seconds = tracker.seconds.get(step.name)
         if step.status == "failed":
-            step.message = tee.error_message(step.name) or "failed (see its log above)"
+            # The step's own record (pipeline.metadata.recording_failure); its last printed error
+            # line only when it died before it could write one (killed, or failed at import).
+            step.message = step.message or tee.error_message(step.name) or "failed (see its log above)"
     if any(step.status == "skipped (gate)" for step in steps.values()):
         echo("==> gate not passed: register and deploy skipped, the champion keeps serving")
     failed = [s for s in steps.values() if s.status == "failed"]
