@@ -3,8 +3,14 @@
 The file is a `tensorflow.serving.ModelServerConfig` (tensorflow-serving-api's
 `model_server_config_pb2`) in protobuf text format, parsed and printed with `text_format`, so a
 file written here is read unchanged by `tensorflow_model_server --model_config_file` and by this
-project's server. A deploy edits one model's entry: which versions it serves (the `specific`
-policy) and which version the `stable` label points at.
+project's server.
+
+Routing lives in this file, because it is all the official image reads. TF Serving answers a
+request that names no version or label with the highest version its model entry has loaded, so
+the main entry of a model only ever names verified versions: a `specific` policy whose highest
+version is the one `stable` points at. A candidate under verification is loaded by a second entry,
+`<name>-canary`, on the same base path, whose `specific` policy names only the candidate; it is
+reachable by that model name alone (with or without its version number). See `with_routing`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from core.errors import StepError
 MODEL_CONFIG_FILE = "models.config"
 # The label clients send to reach the verified version (the registry's champion).
 STABLE_LABEL = "stable"
+# Appended to a model's name for the entry that loads a candidate while the deploy verifies it.
+CANARY_SUFFIX = "-canary"
 
 
 class ConfigFileError(StepError):
@@ -170,6 +178,8 @@ def set_version_policy(
     policy = model.model_version_policy
     policy.Clear()
     if specific is not None:
+        # Set even when empty: an empty `specific` policy loads nothing, where no policy means `latest`.
+        policy.specific.SetInParent()
         policy.specific.versions.extend(sorted(set(specific)))
     elif latest is not None:
         policy.latest.num_versions = latest
@@ -184,24 +194,59 @@ def set_labels(model: Any, labels: Mapping[str, int]) -> None:
         model.version_labels[label] = int(version)
 
 
+def canary_model_name(model_name: str) -> str:
+    """The model name a candidate of `model_name` is loaded under while it is verified."""
+    return f"{model_name}{CANARY_SUFFIX}"
+
+
 def named_versions(config: Any, model_name: str) -> set[int]:
-    """The versions a model's entry names, in its `specific` policy or behind a label."""
-    model = find_model(config, model_name)
-    return set(model.model_version_policy.specific.versions) | set(model.version_labels.values())
+    """The versions a model's entry and its canary entry name, in their `specific` policies or behind a label."""
+    named: set[int] = set()
+    for model in config.model_config_list.config:
+        if model.name in (model_name, canary_model_name(model_name)):
+            named |= set(model.model_version_policy.specific.versions) | set(model.version_labels.values())
+    return named
 
 
-def with_versions(config: Any, model_name: str, versions: Iterable[int], stable: int | None) -> Any:
-    """A copy of `config` whose model serves exactly `versions` (specific policy) with `stable` on one.
+def canary_versions(config: Any, model_name: str) -> set[int]:
+    """The versions the canary entry of `model_name` loads; empty when there is no canary entry."""
+    canary = canary_model_name(model_name)
+    return {
+        v for m in config.model_config_list.config if m.name == canary for v in m.model_version_policy.specific.versions
+    }
+
+
+def with_routing(
+    config: Any, model_name: str, serving: Iterable[int], stable: int | None, candidate: int | None = None
+) -> Any:
+    """A copy of `config` in which `model_name` serves `serving` with `stable` on one, and `candidate` as its canary.
 
     Args:
         config: the ModelServerConfig to start from; it is not changed.
-        model_name: the model whose entry changes; the other models are kept as they are.
-        versions: the version numbers to load.
-        stable: the version the `stable` label points at; None for no label.
+        model_name: the model whose entries change; the other models are kept as they are.
+        serving: the versions the main entry loads (`specific` policy). Unlabelled requests get
+            the highest of them, so the caller names only verified versions here.
+        stable: the version the `stable` label points at (one of `serving`); None for no label.
+        candidate: the version the `<model_name>-canary` entry loads, on the same base path; None
+            removes that entry.
+
+    Raises:
+        ValueError: `stable` is not one of `serving`.
     """
+    serving = set(serving)
+    if stable is not None and stable not in serving:
+        raise ValueError(f"the stable version {stable} must be one of the served versions {sorted(serving)}")
     new = new_model_server_config()
     new.CopyFrom(config)
     model = find_model(new, model_name)
-    set_version_policy(model, specific=versions)
+    set_version_policy(model, specific=serving)
     set_labels(model, {STABLE_LABEL: stable} if stable is not None else {})
+    canary_name = canary_model_name(model_name)
+    models = new.model_config_list.config
+    for index in reversed(range(len(models))):
+        if models[index].name == canary_name:
+            del models[index]
+    if candidate is not None:
+        canary = add_model(new, canary_name, model.base_path)
+        set_version_policy(canary, specific=[candidate])
     return new

@@ -14,6 +14,9 @@ from pathlib import Path
 from core import storage
 
 SAVED_MODEL_FILE = "saved_model.pb"
+# The highest version number ever published under a base path. Its name is not a number, so
+# servers skip it; it outlives the folder of a version that failed and was removed.
+HIGHEST_VERSION_FILE = ".highest_version"
 _VERSION_DIR = re.compile(r"^\d+$")
 
 
@@ -40,6 +43,25 @@ def list_versions(base_path: str) -> list[int]:
     return sorted(
         int(p.name) for p in root.iterdir() if _VERSION_DIR.match(p.name) and (p / SAVED_MODEL_FILE).is_file()
     )
+
+
+def highest_published(base_path: str) -> int:
+    """The highest version number `record_published` wrote under a base path; 0 when none."""
+    uri = storage.join(base_path, HIGHEST_VERSION_FILE)
+    if not storage.exists(uri):
+        return 0
+    text = storage.read_bytes(uri).decode().strip()
+    return int(text) if text.isdigit() else 0
+
+
+def record_published(base_path: str, version: int) -> None:
+    """Remember that `version` was published under a base path, so its number is never handed out again.
+
+    A server treats a version number as one servable; a replica that saw a failed version may
+    still hold it, so a later, different model must not come back under the same number.
+    """
+    if version > highest_published(base_path):
+        storage.write_bytes(storage.join(base_path, HIGHEST_VERSION_FILE), f"{version}\n".encode())
 
 
 def publish_version_dir(local_dir: str | Path, version_uri: str) -> None:

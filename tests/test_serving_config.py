@@ -74,7 +74,7 @@ def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
         with pytest.raises(grpc.RpcError) as info:
             pinned.reload_config(config)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "Request to assign label to version 2 of model pinned" in info.value.details()
+        assert "Request to assign label 'canary' to version 2 of model pinned" in info.value.details()
         assert pinned.status() == [(1, "AVAILABLE")]
         with pytest.raises(grpc.RpcError) as info:
             PredictionClient(target, "pinned", label="canary").predict_raw([photo])

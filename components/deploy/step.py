@@ -1,18 +1,25 @@
-"""The deploy step: publish the registry's challenger to the endpoint, verify it, then promote it.
+"""The deploy step: publish the registry's challenger, verify it as a canary, then make it `stable`.
 
-Order of operations (TF Serving's canary rule: a label may only point at a loaded version):
+Routing (README "Routing"): TF Serving answers a request that names no version or label with the
+highest version the model's entry has loaded. So the main entry of models.config only ever names
+verified versions, and every models.config written on the way keeps that true: a server that reads
+the file at any moment, or restarts from it (the official image reads nothing else), sends
+unlabelled traffic to a verified version.
 
-1. the challenger's SavedModel is published as the next version under the model base path;
-2. the server's models.config keeps `stable` on the serving version and adds the new one to the
-   `specific` policy; the server loads it (warmup included) and GetModelStatus must report it
-   AVAILABLE;
-3. smoke predictions on known photos, sent to that version by number, must match the same
-   SavedModel run in-process and agree with the evaluation step's predictions;
-4. only then `stable` moves to the new version (the previous one stays loaded for an instant
-   rollback) and the registry's `champion` alias follows.
+1. pin: the main entry serves the `stable` version (and the verified versions below it) with a
+   `specific` policy; a `latest` policy would load the next step's folder as soon as it appears;
+2. the challenger's SavedModel is published as the next version under the model base path;
+3. canary: a `<name>-canary` entry on the same base path loads only the new version (warmup
+   included), and GetModelStatus must report it AVAILABLE there;
+4. smoke predictions on known photos, sent to `<name>-canary` by version number, must match the
+   same SavedModel run in-process and agree with the evaluation step's predictions;
+5. promote: the canary entry goes and the main entry loads the verified version beside the
+   previous one (still `stable`); once it is AVAILABLE there, `stable` moves to it. The previous
+   version stays loaded below it for an instant rollback, and the registry's `champion` follows.
 
-Any failure before step 4 restores the previous models.config, removes the published version and
-raises StepError with the reason: the previous version never stops serving.
+Any failure before `stable` moves restores the pinned models.config, removes the published version
+and raises StepError with the reason. A deploy that dies without cleaning up leaves its candidate
+reachable only as `<name>-canary`; the next deploy or rollback drops that entry and its folder.
 """
 
 from __future__ import annotations
@@ -65,10 +72,12 @@ def next_version(model_base_path: str, config: Any, model_name: str, known: Sequ
     """One more than any version on disk, named in the config or known to the server.
 
     A server treats a version number as one immutable servable, so a number it has seen (even
-    from a deploy that failed and was removed) is never published again.
+    from a deploy that failed and was removed) is never published again: the base path records
+    the highest number published there.
     """
     named = model_config.named_versions(config, model_name)
-    return max([0, *store.list_versions(model_base_path), *named, *known]) + 1
+    published = [*store.list_versions(model_base_path), store.highest_published(model_base_path)]
+    return max([0, *published, *named, *known]) + 1
 
 
 def _admin(server: str, config: Config) -> ModelAdmin:
@@ -76,12 +85,12 @@ def _admin(server: str, config: Config) -> ModelAdmin:
     return ModelAdmin(server, serving.model_name, serving.request_timeout_s, serving.max_message_mb * 1024 * 1024)
 
 
-def _apply(admin: ModelAdmin, model_config_uri: str, config: Any) -> None:
+def _apply(admin: ModelAdmin, model_config_uri: str, config: Any, timeout_s: float | None = None) -> None:
     """Push the config to the server now, then write the file it reads (for restarts and polling replicas).
 
     Pushing first means a config the server refuses is never written.
     """
-    admin.reload_config(config)
+    admin.reload_config(config, timeout_s)
     model_config.write_model_server_config(model_config_uri, config)
 
 
@@ -90,6 +99,37 @@ def _restore(admin: ModelAdmin, model_config_uri: str, original: Any) -> None:
         _apply(admin, model_config_uri, original)
     except StepError as err:
         log.error("could not restore the previous config: %s", err)
+
+
+def _stable_version(model: Any, states: dict[int, str]) -> int | None:
+    """The verified version unlabelled requests are meant for: the `stable` label's.
+
+    A models.config without the label (a first `latest` policy) has verified nothing; what the
+    server answers unlabelled requests with today, its highest AVAILABLE version, is kept.
+    """
+    if STABLE_LABEL in model.version_labels:
+        return int(model.version_labels[STABLE_LABEL])
+    available = [v for v, state in states.items() if state == "AVAILABLE"]
+    return max(available) if available else None
+
+
+def _pinned(config: Any, model_name: str, stable: int | None) -> Any:
+    """`config` with the main entry serving `stable` and the versions below it that it names, and no canary."""
+    if stable is None:
+        return model_config.with_routing(config, model_name, serving=(), stable=None)
+    named = model_config.find_model(config, model_name).model_version_policy.specific.versions
+    return model_config.with_routing(
+        config, model_name, serving={stable, *(v for v in named if v < stable)}, stable=stable
+    )
+
+
+def _remove_leftover_candidates(original: Any, current: Any, model_name: str, base_path: str) -> None:
+    """Delete the folders of candidates a dead deploy left in a canary entry that `current` no longer names."""
+    for leftover in sorted(
+        model_config.canary_versions(original, model_name) - model_config.named_versions(current, model_name)
+    ):
+        log.warning("removing serving version %d, left as a canary by a deploy that did not finish", leftover)
+        store.remove_version_dir(store.version_uri(base_path, leftover))
 
 
 def deploy_model(
@@ -103,7 +143,7 @@ def deploy_model(
     min_agreement: float = 0.9,
     max_smoke_photos: int = 16,
 ) -> DeployResult:
-    """Publish the `challenger`, verify it on the live endpoint, then move `stable` and `champion`.
+    """Publish the `challenger`, verify it as `<name>-canary` on the live endpoint, then move `stable` and `champion`.
 
     Args:
         registry: the model registry (MLflow): its `challenger` is deployed.
@@ -129,40 +169,58 @@ def deploy_model(
     registry_version = registry.get_version(CHALLENGER)
     if registry_version is None:
         raise StepError(f"registered model {registry.model_name!r} has no {CHALLENGER!r}: register a model first")
-    original = model_config.read_or_single_model_config(model_config_uri, serving.model_name, serving.model_base_path)
-    model = model_config.find_model(original, serving.model_name)
+    name = serving.model_name
+    canary = model_config.canary_model_name(name)
+    original = model_config.read_or_single_model_config(model_config_uri, name, serving.model_base_path)
+    model = model_config.find_model(original, name)
     if model.base_path.rstrip("/") != serving.model_base_path.rstrip("/"):
         raise StepError(
-            f"models.config serves {serving.model_name!r} from {model.base_path}, "
+            f"models.config serves {name!r} from {model.base_path}, "
             f"but serving.model_base_path is {serving.model_base_path}: make them the same"
         )
-    previous = model.version_labels.get(STABLE_LABEL)
 
     with _admin(server, config) as admin, tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        version = next_version(serving.model_base_path, original, serving.model_name, admin.known_versions())
+        previous = _stable_version(model, admin.states())
+        pinned = _pinned(original, name, previous)
+        kept = set(model_config.find_model(pinned, name).model_version_policy.specific.versions)
+        known = [*admin.known_versions(), *admin.known_versions(canary)]
+        version = next_version(serving.model_base_path, original, name, known)
         version_uri = store.version_uri(serving.model_base_path, version)
         expected = load_expected(predictions_path, max_smoke_photos) if predictions_path else []
         photos = [storage.read_bytes(e["uri"]) for e in expected] + [Path(p).read_bytes() for p in smoke_photos]
-
         saved_model = registry.download_export(registry_version, Path(tmp) / "saved_model")
-        store.publish_version_dir(saved_model, version_uri)
-        log.info("published registry version %s as serving version %d at %s", registry_version, version, version_uri)
-        loaded = [previous, version] if previous is not None else [version]
+        promoting = {version} if previous is None else {previous, version}
         try:
-            _apply(admin, model_config_uri, model_config.with_versions(original, serving.model_name, loaded, previous))
-            admin.wait_available(version, timeout_s)
+            _apply(admin, model_config_uri, pinned)
+            _remove_leftover_candidates(original, pinned, name, serving.model_base_path)
+            store.record_published(serving.model_base_path, version)
+            store.publish_version_dir(saved_model, version_uri)
+            log.info(
+                "published registry version %s as serving version %d at %s", registry_version, version, version_uri
+            )
+            # A server answers a config that adds a model once its versions have loaded.
+            candidate = model_config.with_routing(pinned, name, serving=kept, stable=previous, candidate=version)
+            _apply(admin, model_config_uri, candidate, timeout_s)
+            admin.wait_available(version, timeout_s, canary)
             with PredictionClient(
                 server,
-                serving.model_name,
+                canary,
                 version=version,
                 timeout_s=serving.request_timeout_s,
                 max_message_bytes=serving.max_message_mb * 1024 * 1024,
             ) as client:
                 smoke = smoke_check(client, saved_model, photos, expected, min_agreement)
-            _apply(admin, model_config_uri, model_config.with_versions(original, serving.model_name, loaded, version))
-        except (StepError, storage.StorageError, grpc.RpcError) as err:
-            _restore(admin, model_config_uri, original)
+            # Verified: the main entry may load it. A label may only point at a loaded version, so
+            # `stable` moves in a second push, once the main entry reports it AVAILABLE.
+            _apply(admin, model_config_uri, model_config.with_routing(pinned, name, promoting, stable=previous))
+            admin.wait_available(version, timeout_s)
+            _apply(admin, model_config_uri, model_config.with_routing(pinned, name, promoting, stable=version))
+        except Exception as err:
+            # Whatever went wrong, the unverified version must not stay published.
+            _restore(admin, model_config_uri, pinned)
             store.remove_version_dir(version_uri)
+            if not isinstance(err, StepError | storage.StorageError | grpc.RpcError):
+                raise
             raise StepError(
                 f"deploy of registry version {registry_version} failed, version {previous} still serves: {err}"
             ) from err
@@ -176,7 +234,10 @@ def deploy_model(
 def rollback_model(
     registry: Registry, config: Config, server: str, model_config_uri: str, timeout_s: float = 300.0
 ) -> DeployResult:
-    """Move `stable` and `champion` back to the version the current champion replaced.
+    """Move `stable` and `champion` back to the version the current champion replaced, and unload the current one.
+
+    The main entry ends up serving only that version, so requests that name no version or label
+    are answered by it too (TF Serving gives them the highest loaded version).
 
     Raises:
         StepError: nothing to roll back to, or the endpoint cannot serve the previous version;
@@ -196,20 +257,28 @@ def rollback_model(
             f"registry version {previous} has no {TAG_SERVING_VERSION!r} tag: it was not deployed by `fashion deploy`"
         )
     target = int(target)
-    original = model_config.read_or_single_model_config(model_config_uri, serving.model_name, serving.model_base_path)
-    model = model_config.find_model(original, serving.model_name)
-    stable = model.version_labels.get(STABLE_LABEL)
-    loaded = sorted({*model.model_version_policy.specific.versions, target})
+    name = serving.model_name
+    original = model_config.read_or_single_model_config(model_config_uri, name, serving.model_base_path)
+    model = model_config.find_model(original, name)
+    stable = int(model.version_labels[STABLE_LABEL]) if STABLE_LABEL in model.version_labels else None
+    rolled_back = model_config.with_routing(original, name, serving={target}, stable=target)
     with _admin(server, config) as admin:
         try:
-            _apply(admin, model_config_uri, model_config.with_versions(original, serving.model_name, loaded, stable))
-            admin.wait_available(target, timeout_s)
-            _apply(admin, model_config_uri, model_config.with_versions(original, serving.model_name, loaded, target))
+            states = admin.states()
+            if states.get(target) != "AVAILABLE":
+                # Loaded beside the current `stable`, which keeps the label until it is AVAILABLE.
+                loading = {target} | ({stable} if stable is not None else set())
+                _apply(admin, model_config_uri, model_config.with_routing(original, name, loading, stable=stable))
+                admin.wait_available(target, timeout_s)
+            _apply(admin, model_config_uri, rolled_back)
+            # Until the others have unloaded, a higher one still takes the requests that name no version.
+            admin.wait_unloaded(set(states) - {target}, timeout_s)
         except StepError as err:
             _restore(admin, model_config_uri, original)
             raise StepError(
                 f"rollback to serving version {target} failed, version {stable} still serves: {err}"
             ) from err
+    _remove_leftover_candidates(original, rolled_back, name, serving.model_base_path)
     registry.rollback()
     log.info("rolled back: serving version %d (registry %s) is stable and champion", target, previous)
     return DeployResult(str(previous), target, stable)

@@ -37,9 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "deploy",
         help="publish the MLflow challenger to the endpoint, verify it, move `stable` and `champion`",
-        description="Publish the challenger's SavedModel as the next version, wait until the server reports it "
-        "AVAILABLE, compare smoke predictions with the evaluation's, then move the `stable` label and the MLflow "
-        "`champion` alias. On any failure the previous version keeps serving.",
+        description="Publish the challenger's SavedModel as the next version, load it as `<model>-canary` until the "
+        "server reports it AVAILABLE, compare smoke predictions with the evaluation's, then serve it under the model's "
+        "name and move the `stable` label and the MLflow `champion` alias. Until then, requests that name no version "
+        "get the previous version; on any failure it keeps serving.",
     )
     add_endpoint_arguments(parser)
     parser.add_argument("--predictions", help="the evaluation's predictions.jsonl (smoke photos and reference labels)")

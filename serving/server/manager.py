@@ -5,6 +5,12 @@ folders; its version policy (`latest`, `all`, `specific`) names the aspired vers
 loaded and warmed up in the background, and versions that are no longer aspired are unloaded
 only once an aspired version is AVAILABLE, after their in-flight requests have finished. So a
 swap never leaves a moment without a model and never cuts a request short.
+
+A load that fails is retried `max_num_load_retries` times, `load_retry_interval_micros` apart; a
+version that stops being aspired (its folder left the base path, or the policy no longer names
+it) has its retries cancelled and its failure forgotten, so if it comes back it loads afresh.
+A request that names no version gets the highest AVAILABLE version, as in TF Serving: which
+versions a model may load is what decides where unlabelled traffic goes.
 """
 
 from __future__ import annotations
@@ -31,13 +37,20 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 
 @dataclass
 class VersionEntry:
-    """One version of one model and where it is in its lifecycle."""
+    """One version of one model and where it is in its lifecycle.
+
+    `cancel` is set once the version is no longer aspired (or the server stops): a load that is
+    still retrying gives up, and a load that succeeds is dropped. `forgotten` marks an ended
+    version that left the aspired set: if it is aspired again, it is a new servable.
+    """
 
     version: int
     state: str = START
     error: ServingError | None = None
     servable: Servable | None = None
     refs: int = 0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    forgotten: bool = False
 
 
 @dataclass
@@ -118,10 +131,12 @@ class ModelManager:
         self._wake.set()
         if self._poller:
             self._poller.join(timeout=30)
-        for t in list(self._loaders):
-            t.join(timeout=30)
         with self._lock:
             entries = [(n, e) for n, m in self._models.items() for e in m.versions.values()]
+        for _, entry in entries:
+            entry.cancel.set()
+        for t in list(self._loaders):
+            t.join(timeout=30)
         for name, entry in entries:
             self._unload(name, entry)
 
@@ -181,9 +196,14 @@ class ModelManager:
             model = self._models.get(name)
             if model is None:
                 return
+            for version, entry in model.versions.items():
+                if version not in aspired:
+                    self._unaspire(entry)
             for version in sorted(aspired):
                 entry = model.versions.get(version)
-                if entry is None or (entry.state == END and entry.error is None):
+                # A version that failed stays failed while it is aspired (TF Serving does not
+                # retry beyond its retries); once it left and came back, it is loaded afresh.
+                if entry is None or (entry.state == END and (entry.error is None or entry.forgotten)):
                     entry = VersionEntry(version=version)
                     model.versions[version] = entry
                     to_load.append(entry)
@@ -201,6 +221,14 @@ class ModelManager:
         for entry in to_unload:
             self._unload(name, entry)
 
+    @staticmethod
+    def _unaspire(entry: VersionEntry) -> None:
+        """A version left the aspired set: stop its load retries, forget how it ended (called under the lock)."""
+        if entry.state in (START, LOADING):
+            entry.cancel.set()
+        if entry.state in (START, LOADING, END):
+            entry.forgotten = True
+
     def _load(self, name: str, entry: VersionEntry, uri: str) -> None:
         with self._lock:
             entry.state = LOADING
@@ -209,7 +237,7 @@ class ModelManager:
         error: ServingError | None = None
         servable = None
         for attempt in range(attempts):
-            if self._stop.is_set():
+            if entry.cancel.is_set():
                 break
             try:
                 servable = Servable(name, entry.version, uri, self.options.batching)
@@ -227,14 +255,21 @@ class ModelManager:
                     servable.close()
                     servable = None
                 if attempt + 1 < attempts:
-                    self._stop.wait(self.options.load_retry_interval_micros / 1e6)
+                    entry.cancel.wait(self.options.load_retry_interval_micros / 1e6)
+        dropped = None
         with self._lock:
-            if error is None and servable is not None:
+            if entry.cancel.is_set():
+                # No longer aspired while it loaded (or the server stops): nobody may be routed to it.
+                dropped, servable = servable, None
+                entry.state, entry.error = END, error
+            elif error is None and servable is not None:
                 entry.servable, entry.state = servable, AVAILABLE
                 log.info("Successfully loaded servable version {name: %s version: %d}", name, entry.version)
             else:
                 entry.state, entry.error = END, error or ServingError(_code(None), "load cancelled")
             self._lock.notify_all()
+        if dropped is not None:
+            dropped.close()
         self._wake.set()
 
     def _unload(self, name: str, entry: VersionEntry) -> None:
@@ -354,8 +389,10 @@ class ModelManager:
                 for v in entry.versions.values():
                     if v.state == END:
                         v.error = None
-            for name, _ in removed:
+            for name, model in removed:
                 del self._models[name]
+                for entry in model.versions.values():
+                    entry.cancel.set()
             self._config = config
         for name, model in removed:
             for entry in list(model.versions.values()):
