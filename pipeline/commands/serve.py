@@ -58,6 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add("--grpc_channel_arguments", default="", help="extra gRPC server options, k=v,k2=v2")
     add("--max_message_mb", type=int, help="gRPC/REST message size limit in MB (default serving.max_message_mb)")
     add("--rest_api_timeout_in_ms", type=int, default=30_000, help="REST request deadline")
+    add("--rest_api_num_threads", type=int, default=0, help="REST worker threads (0 = as many as --grpc_max_threads)")
+    add(
+        "--rest_api_header_timeout_in_ms",
+        type=int,
+        default=15_000,
+        help="close a REST connection whose request header has not arrived in time (also the keep-alive idle time)",
+    )
+    add("--rest_api_read_timeout_in_ms", type=int, default=60_000, help="answer 408 when a REST body is this slow")
     add("--tensorflow_intra_op_parallelism", type=int, default=0, help="TF intra-op threads (0 = all cores)")
     add("--tensorflow_inter_op_parallelism", type=int, default=0, help="TF inter-op threads (0 = all cores)")
     add(
@@ -114,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         grpc_channel_arguments=args.grpc_channel_arguments,
         max_message_bytes=serving.max_message_mb * 1024 * 1024,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
+        rest_api_num_threads=args.rest_api_num_threads,
+        rest_api_header_timeout_in_ms=args.rest_api_header_timeout_in_ms,
+        rest_api_read_timeout_in_ms=args.rest_api_read_timeout_in_ms,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         grpc_allow_port_sharing=args.grpc_allow_port_sharing,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
@@ -36,6 +37,22 @@ def task_size(inputs: Mapping[str, np.ndarray]) -> int:
     if len(sizes) != 1:
         raise invalid_argument("Batching Run() input tensors must have equal 0th-dimension size")
     return sizes.pop()
+
+
+def _detached(err: Exception) -> Exception:
+    """The error to hand the waiting requests: same type and message, holding no frame of the failed run.
+
+    A raised error's traceback keeps the frames it passed through, and their locals keep the merged
+    inputs; set on the futures, it would also be reachable from those frames: a reference cycle that
+    only a full garbage collection frees, so a few failing large batches would pin hundreds of MB.
+    """
+    for raised in (err, err.__cause__, err.__context__):
+        if raised is not None:
+            traceback.clear_frames(raised.__traceback__)
+    if isinstance(err, ServingError):
+        return ServingError(err.code, err.message)
+    err.__cause__ = err.__context__ = None
+    return err.with_traceback(None)
 
 
 class _Task:
@@ -119,7 +136,17 @@ class BatchScheduler:
             self._process(batch)
 
     def _process(self, batch: _Batch) -> None:
-        tasks = batch.tasks
+        self._run_tasks(batch.tasks)
+
+    def _run_tasks(self, tasks: list[_Task]) -> None:
+        """Run `tasks` as one merged batch and resolve their futures.
+
+        When the merged run is refused with INVALID_ARGUMENT (one request's corrupt photo), the tasks
+        are split in halves and each half is run again, down to the request at fault: only that
+        request fails. A run that fails does so while decoding, before the network; the halves that
+        succeed keep their batching, so the good requests cost about log2(n) runs, not n single ones.
+        """
+        failure: Exception | None = None
         try:
             if len(tasks) == 1:
                 merged = tasks[0].inputs
@@ -127,25 +154,24 @@ class BatchScheduler:
                 merged = {k: np.concatenate([t.inputs[k] for t in tasks], axis=0) for k in tasks[0].inputs}
             outputs = self._run(merged)
         except ServingError as err:
-            if len(tasks) > 1 and err.code == grpc.StatusCode.INVALID_ARGUMENT:
-                # One request's bad input (a corrupt photo) must not fail the others it was batched with.
-                for t in tasks:
-                    single = _Batch()
-                    single.tasks, single.size = [t], t.size
-                    self._process(single)
-                return
-            for t in tasks:
-                t.future.set_exception(err)
-            return
+            failure = _detached(err)
         except Exception as err:  # noqa: BLE001 - every waiting request must get an answer
-            log.exception("batch of %d failed", batch.size)
+            log.exception("batch of %d failed", sum(t.size for t in tasks))
+            failure = _detached(err)
+        if failure is None:
+            start = 0
             for t in tasks:
-                t.future.set_exception(err)
-            return
-        start = 0
-        for t in tasks:
-            t.future.set_result({k: v[start : start + t.size] for k, v in outputs.items()})
-            start += t.size
+                t.future.set_result({k: v[start : start + t.size] for k, v in outputs.items()})
+                start += t.size
+        elif len(tasks) > 1 and isinstance(failure, ServingError) and failure.code == grpc.StatusCode.INVALID_ARGUMENT:
+            # Outside the except clause, so a half's failure is not chained to this one's; the merged copy goes first.
+            merged = None
+            half = len(tasks) // 2
+            self._run_tasks(tasks[:half])
+            self._run_tasks(tasks[half:])
+        else:
+            for t in tasks:
+                t.future.set_exception(failure)
 
     def stop(self) -> None:
         """Run what is queued, then stop the threads."""

@@ -20,7 +20,7 @@ from serving import model_config
 from serving.server import config as server_config
 from serving.server.grpc_service import ModelService, PredictionService
 from serving.server.manager import ManagerOptions, ModelManager
-from serving.server.rest import RestApi, RestServer
+from serving.server.rest import RestApi, RestOptions, RestServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ class ServerOptions:
     grpc_channel_arguments: str = ""
     max_message_bytes: int = sig.DEFAULT_MAX_MESSAGE_BYTES
     rest_api_timeout_in_ms: int = 30_000
+    # 0: as many as --grpc_max_threads, so REST admits as many requests at once as gRPC does.
+    rest_api_num_threads: int = 0
+    # Not tensorflow_model_server flags: how long a REST client may take over a request's header (also how long
+    # an idle keep-alive connection stays open) and over its body.
+    rest_api_header_timeout_in_ms: int = 15_000
+    rest_api_read_timeout_in_ms: int = 60_000
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
     # Not a tensorflow_model_server flag: TF Serving shares a gRPC port with a second server
@@ -146,9 +152,15 @@ class ModelServer:
         host = self.options.host
         # REST first: a plain socket releases its port at once when the gRPC bind then fails.
         if self.options.rest_api_port:
-            api = RestApi(self.manager, self.options.max_message_bytes, self.options.rest_api_timeout_in_ms / 1000)
+            api = RestApi(self.manager, self.options.rest_api_timeout_in_ms / 1000)
+            rest_options = RestOptions(
+                max_body_bytes=self.options.max_message_bytes,
+                header_timeout_s=self.options.rest_api_header_timeout_in_ms / 1000,
+                body_timeout_s=self.options.rest_api_read_timeout_in_ms / 1000,
+                num_threads=self.options.rest_api_num_threads or self.options.grpc_max_threads,
+            )
             try:
-                self._rest = RestServer(api, host, self.options.rest_api_port)
+                self._rest = RestServer(api, host, self.options.rest_api_port, rest_options)
             except OSError as err:
                 raise StepError(
                     f"REST port {host}:{self.options.rest_api_port} is already in use ({err.strerror}): stop the "
@@ -182,7 +194,7 @@ class ModelServer:
 
     def _unbind(self) -> None:
         if self._rest:
-            self._rest.httpd.server_close()
+            self._rest.close()
             self._rest = None
         if self._grpc:
             # A gRPC server that never started keeps its port until it has started and stopped.
@@ -209,7 +221,7 @@ class ModelServer:
         """Stop accepting requests, let in-flight ones finish, unload every model."""
         self._stop.set()
         if self._rest:
-            self._rest.stop()
+            self._rest.stop(grace_s)
         if self._grpc:
             self._grpc.stop(grace_s).wait()
         self.manager.stop()
