@@ -92,7 +92,7 @@ def call_with_retries(fn: Callable[[], T], retries: int, backoff_s: float, what:
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(retries + 1),
-        wait=tenacity.wait_exponential(multiplier=backoff_s, min=backoff_s, max=max(backoff_s, 1.0) * 2**retries),
+        wait=tenacity.wait_exponential(multiplier=backoff_s),
         retry=tenacity.retry_if_exception(is_transient),
         before_sleep=_before_sleep,
         reraise=True,

@@ -27,6 +27,16 @@ def _rows(demo_dir: Path, per_type: int = 8) -> list[str]:
     return [lines[0], *picked]
 
 
+def _folder_catalogue(tmp_path: Path, demo_dir: Path, lines: list[str]) -> Path:
+    """A catalogue folder with the photos of `lines` (styles.csv is left to the test)."""
+    root = tmp_path / "catalogue"
+    (root / "images").mkdir(parents=True)
+    for line in lines[1:]:
+        item_id = line.split(",")[0]
+        (root / "images" / f"{item_id}.jpg").write_bytes((demo_dir / "images" / f"{item_id}.jpg").read_bytes())
+    return root
+
+
 @pytest.fixture()
 def hostile_zip(tmp_path, demo_dir) -> dict:
     lines = _rows(demo_dir)
@@ -118,11 +128,7 @@ def test_an_id_written_with_spaces_keeps_its_photo(tmp_path, demo_dir):
 )
 def test_the_styles_encoding_and_its_fallback_are_in_the_report(tmp_path, demo_dir, prefix, expected):
     lines = _rows(demo_dir, per_type=4)
-    root = tmp_path / "catalogue"
-    (root / "images").mkdir(parents=True)
-    for line in lines[1:]:
-        item_id = line.split(",")[0]
-        (root / "images" / f"{item_id}.jpg").write_bytes((demo_dir / "images" / f"{item_id}.jpg").read_bytes())
+    root = _folder_catalogue(tmp_path, demo_dir, lines)
     # One Latin-1 byte (é) in a product name makes the file invalid UTF-8.
     body = (lines[0] + "\n" + lines[1]).encode() + b"\xe9\n" + ("\n".join(lines[2:]) + "\n").encode()
     (root / "styles.csv").write_bytes(prefix + body)
@@ -134,11 +140,7 @@ def test_the_styles_encoding_and_its_fallback_are_in_the_report(tmp_path, demo_d
 
 def test_utf8_with_a_bom_is_read_as_utf8(tmp_path, demo_dir):
     lines = _rows(demo_dir, per_type=4)
-    root = tmp_path / "catalogue"
-    (root / "images").mkdir(parents=True)
-    for line in lines[1:]:
-        item_id = line.split(",")[0]
-        (root / "images" / f"{item_id}.jpg").write_bytes((demo_dir / "images" / f"{item_id}.jpg").read_bytes())
+    root = _folder_catalogue(tmp_path, demo_dir, lines)
     (root / "styles.csv").write_bytes(b"\xef\xbb\xbf" + ("\n".join(lines) + "\n").encode())
     result = ingest_catalogue(str(root), tmp_path / "out", load_config("ci"))
     assert result.report["styles_csv"] == {"encoding": "utf-8-sig", "fallback": False}

@@ -57,6 +57,19 @@ class FailedRun:
     err: str
 
 
+def fashion_run(source: Path, workdir: Path, grpc_port: int, rest_port: int, *extra: str) -> int:
+    """`fashion run --preset ci` on `source` in `workdir`, serving on the given loopback ports."""
+    args = [f"--source={source}", f"--workdir={workdir}", f"--set=serving.grpc_port={grpc_port}"]
+    return main(["run", "--preset=ci", *args, f"--set=serving.rest_port={rest_port}", *extra])
+
+
+def unusable_catalogue(catalogue: Path, folder: Path) -> Path:
+    """A real styles.csv cut short, and no photos: it passes the pre-flight check and ingest rejects it."""
+    folder.mkdir(parents=True)
+    (folder / "styles.csv").write_bytes((catalogue / "styles.csv").read_bytes()[:400])
+    return folder
+
+
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory, demo_dir):
     return make_catalogue(demo_dir, tmp_path_factory.mktemp("catalogue"))
@@ -79,27 +92,10 @@ def run(tmp_path_factory, catalogue, samples_dir):
 @pytest.fixture(scope="module")
 def failed_run(run, catalogue, tmp_path_factory):
     """A catalogue with no usable photo run through the CLI after `run`, against the same work directory and server."""
-    corrupt = tmp_path_factory.mktemp("corrupt") / "catalogue"
-    corrupt.mkdir()
-    # A real styles.csv cut short, and no photos: the source passes the pre-flight check, ingest rejects it.
-    (corrupt / "styles.csv").write_bytes((catalogue / "styles.csv").read_bytes()[:400])
+    corrupt = unusable_catalogue(catalogue, tmp_path_factory.mktemp("corrupt") / "catalogue")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(
-            [
-                "run",
-                "--preset",
-                "ci",
-                "--source",
-                str(corrupt),
-                "--workdir",
-                str(run.workdir),
-                "--set",
-                f"serving.grpc_port={run.grpc_port}",
-                "--set",
-                f"serving.rest_port={run.rest_port}",
-            ]
-        )
+        code = fashion_run(corrupt, run.workdir, run.grpc_port, run.rest_port)
     return FailedRun(corrupt, code, out.getvalue(), err.getvalue())
 
 
@@ -175,16 +171,7 @@ def config_tracking_uri(workdir: Path) -> str:
 def test_a_missing_source_fails_before_anything_starts(tmp_path, capsys):
     workdir = tmp_path / "work"
     grpc_port, rest_port = free_port(), free_port()
-    code = main(
-        [
-            "run",
-            "--preset=ci",
-            f"--source={tmp_path / 'no-such-catalogue'}",
-            f"--workdir={workdir}",
-            f"--set=serving.grpc_port={grpc_port}",
-            f"--set=serving.rest_port={rest_port}",
-        ]
-    )
+    code = fashion_run(tmp_path / "no-such-catalogue", workdir, grpc_port, rest_port)
     out, err = capsys.readouterr()
     assert code == 1
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
@@ -196,20 +183,9 @@ def test_a_missing_source_fails_before_anything_starts(tmp_path, capsys):
 def test_a_failed_first_run_stops_the_server_it_started(tmp_path, catalogue, capsys):
     import socket
 
-    bad = tmp_path / "bad"
-    bad.mkdir()
-    (bad / "styles.csv").write_bytes((catalogue / "styles.csv").read_bytes()[:400])
+    bad = unusable_catalogue(catalogue, tmp_path / "bad")
     workdir, grpc_port, rest_port = tmp_path / "work", free_port(), free_port()
-    code = main(
-        [
-            "run",
-            "--preset=ci",
-            f"--source={bad}",
-            f"--workdir={workdir}",
-            f"--set=serving.grpc_port={grpc_port}",
-            f"--set=serving.rest_port={rest_port}",
-        ]
-    )
+    code = fashion_run(bad, workdir, grpc_port, rest_port)
     out, err = capsys.readouterr()
     assert code == 1 and "ingest-images failed" in err
     assert "stopped the server this run started" in out
@@ -220,17 +196,7 @@ def test_a_failed_first_run_stops_the_server_it_started(tmp_path, catalogue, cap
 
 def test_a_gate_rejected_run_exits_with_its_own_code_and_keeps_the_champion(run, catalogue, capsys):
     # No model reaches a mAP of 1.0: the gate rejects this candidate, the run itself succeeds.
-    code = main(
-        [
-            "run",
-            "--preset=ci",
-            f"--source={catalogue}",
-            f"--workdir={run.workdir}",
-            f"--set=serving.grpc_port={run.grpc_port}",
-            f"--set=serving.rest_port={run.rest_port}",
-            "--set=evaluate.floors.attributes_map=1.0",
-        ]
-    )
+    code = fashion_run(catalogue, run.workdir, run.grpc_port, run.rest_port, "--set=evaluate.floors.attributes_map=1.0")
     out = capsys.readouterr().out
     assert code == 3
     assert "Gate: NOT PASSED" in out and "attributes_map" in out

@@ -67,13 +67,6 @@ def _settle(server) -> None:
     assert server.manager.wait_until_settled(120)
 
 
-def _wait(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 @dataclass
@@ -286,19 +279,19 @@ def test_load_retries_pick_up_a_repaired_folder_and_stop_when_it_leaves(exports,
     try:
         # A version whose load fails is retried; once its files are repaired, a retry loads it.
         _publish_broken(exports[0], base, 2, tmp_path / "broken2")
-        assert _wait(lambda: _failed_loads(caplog, 2) >= 1)
+        assert testing.wait_for(lambda: _failed_loads(caplog, 2) >= 1)
         assert dict(status.status())[2] == "LOADING"
         for data in Path(exports[0], "variables").glob("variables.data-*"):
             repaired = base / "2" / "variables" / f".{data.name}"
             shutil.copyfile(data, repaired)
             os.replace(repaired, base / "2" / "variables" / data.name)
-        assert _wait(lambda: status.status() == [(2, "AVAILABLE"), (1, "END")])
+        assert testing.wait_for(lambda: status.status() == [(2, "AVAILABLE"), (1, "END")])
 
         # A version that leaves the base path while its loads are retried stops being retried...
         _publish_broken(exports[0], base, 3, tmp_path / "broken3")
-        assert _wait(lambda: _failed_loads(caplog, 3) >= 1)
+        assert testing.wait_for(lambda: _failed_loads(caplog, 3) >= 1)
         store.remove_version_dir(store.version_uri(str(base), 3))
-        assert _wait(lambda: dict(status.status())[3] == "END", timeout_s=20)
+        assert testing.wait_for(lambda: dict(status.status())[3] == "END", timeout_s=20)
         retries = _failed_loads(caplog, 3)
         time.sleep(0.5)
         assert _failed_loads(caplog, 3) == retries
@@ -306,7 +299,7 @@ def test_load_retries_pick_up_a_repaired_folder_and_stop_when_it_leaves(exports,
 
         # ...and when it comes back complete, it is loaded afresh.
         store.publish_version_dir(exports[1], store.version_uri(str(base), 3))
-        assert _wait(lambda: dict(status.status()).get(3) == "AVAILABLE")
+        assert testing.wait_for(lambda: dict(status.status()).get(3) == "AVAILABLE")
         assert _answer(target) == 3
     finally:
         status.close()

@@ -32,13 +32,6 @@ def base_path(tmp_path_factory):
     return base
 
 
-def _wait(predicate, timeout_s=60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
@@ -83,7 +76,7 @@ def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
         # Load first, then label: the canary rollout.
         del pinned_cfg.version_labels["canary"]
         pinned.reload_config(config)
-        assert _wait(lambda: pinned.status() == [(2, "AVAILABLE"), (1, "AVAILABLE")])
+        assert testing.wait_for(lambda: pinned.status() == [(2, "AVAILABLE"), (1, "AVAILABLE")])
         pinned_cfg.version_labels["stable"] = 2
         pinned_cfg.version_labels["canary"] = 1
         pinned.reload_config(config)
@@ -100,7 +93,9 @@ def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
 
         # The config file is polled: editing it changes the policy without a restart.
         testing.write_models_config(config_path, [{"name": "fashion", "base_path": str(base_path), "versions": [1]}])
-        assert _wait(lambda: latest.status()[-1] == (1, "AVAILABLE") and latest.predict_raw([photo]).version == 1)
+        assert testing.wait_for(
+            lambda: latest.status()[-1] == (1, "AVAILABLE") and latest.predict_raw([photo]).version == 1
+        )
         assert dict(latest.status())[3] == "END"
     finally:
         server.stop()

@@ -158,8 +158,8 @@ def _open_zip(path: Path, extract_dir: Path, limits: ZipLimits) -> Source:
         # Photos are extracted by the check step, which reads each member once for both jobs.
         text, encoding, fallback = _decode(zf.read(styles_name), f"{path}!{styles_name}")
     images, dups, not_photos = _index_images(list(members_by_target), members_by_target)
-    for entry in not_photos:
-        members_by_target.pop(str(target / posixpath.basename(entry["name"])), None)
+    kept = {*images.values(), *dups}
+    members_by_target = {t: m for t, m in members_by_target.items() if t in kept}
     archive = {"members": len(infos), "styles": 1, "directories": directories, "candidates": len(members_by_target)}
     return Source(
         str(path),

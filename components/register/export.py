@@ -82,14 +82,18 @@ def header_pixels(data: Any) -> Any:
         height = tf.where(height >= 2**31, 2**32 - height, height)
         return _header_uint(data, 18, 4, True) * height
 
-    def webp() -> Any:
-        vp8x = (_header_uint(data, 24, 3, True) + 1) * (_header_uint(data, 27, 3, True) + 1)
+    def vp8x() -> Any:
+        return (_header_uint(data, 24, 3, True) + 1) * (_header_uint(data, 27, 3, True) + 1)
+
+    def vp8l() -> Any:
         bits = _header_uint(data, 21, 4, True)
-        vp8l = (bits % 2**14 + 1) * ((bits // 2**14) % 2**14 + 1)
-        vp8 = (_header_uint(data, 26, 2, True) % 2**14) * (_header_uint(data, 28, 2, True) % 2**14)
-        return tf.case(
-            [(magic(b"VP8X", 12), lambda: vp8x), (magic(b"VP8L", 12), lambda: vp8l)], default=lambda: vp8
-        )
+        return (bits % 2**14 + 1) * ((bits // 2**14) % 2**14 + 1)
+
+    def vp8() -> Any:
+        return (_header_uint(data, 26, 2, True) % 2**14) * (_header_uint(data, 28, 2, True) % 2**14)
+
+    def webp() -> Any:
+        return tf.case([(magic(b"VP8X", 12), vp8x), (magic(b"VP8L", 12), vp8l)], default=vp8)
 
     return tf.case(
         [

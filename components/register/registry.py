@@ -90,30 +90,13 @@ class Registry:
         ready = sorted((v for v in versions if v.status == "READY"), key=lambda v: int(v.version))
         return str(ready[0].version) if ready else None
 
-    def register(
-        self,
-        run_id: str,
-        *,
-        pipeline_run_id: str,
-        model_id: str | None = None,
-        export_dir: str | Path | None = None,
-        photos: tuple[bytes | str | Path, ...] = (),
-        description: str | None = None,
-    ) -> str:
+    def register(self, run_id: str, **kwargs: Any) -> str:
         """Make the run's SavedModel a new version with the alias `challenger` (see `find_or_register`).
 
         Returns:
             The version number, as a string.
         """
-        version, _ = self.find_or_register(
-            run_id,
-            pipeline_run_id=pipeline_run_id,
-            model_id=model_id,
-            export_dir=export_dir,
-            photos=photos,
-            description=description,
-        )
-        return version
+        return self.find_or_register(run_id, **kwargs)[0]
 
     def find_or_register(
         self,

@@ -8,7 +8,8 @@ export, and it exercises exactly the graph a trained model has.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,3 +121,13 @@ class ServerProcess(server_process.ServerProcess):
             cwd=REPO,
             ready_timeout_s=ready_timeout_s,
         )
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
+    """Poll `predicate` every 0.1 s until it holds or `timeout_s` passes; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
