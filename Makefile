@@ -32,8 +32,9 @@ run: setup ## Run the main job end to end on the bundled demo data
 test: setup ## Install and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-protos: setup ## Rewrite serving/tfs_api.binpb (TF Serving API descriptors) after upgrading tensorflow-serving-api
+protos: setup ## Rewrite the shipped protobuf descriptors (TF Serving API, tf.train.Example) after upgrading tensorflow or tensorflow-serving-api
 	$(PY) -c "from serving import protos; print(protos.write_descriptor_set())"
+	$(PY) -c "from core import protos; print(protos.write_example_descriptor_set())"
 
 lint: setup ## Ruff lint (docstrings included)
 	$(VENV)/bin/ruff check .

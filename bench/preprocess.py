@@ -36,7 +36,6 @@ from components.preprocess.stats import CountLabels, LabelRecord
 from components.preprocess.step import resize_images
 from components.preprocess.tfrecord import write_records
 from components.preprocess.transforms import (
-    canonical_example,
     id_sort_key,
     shard_count,
     shard_index,
@@ -100,9 +99,7 @@ def plain_loop(manifest_dir: Path, out_dir: Path, config) -> int:
             for a in attrs:
                 multi_hot[a] = 1
             cat, sub = int(row["category_index"]), int(row["subcategory_index"])
-            payload = canonical_example(
-                records.make_example(data, pre.image_format, row["id"], cat, sub, multi_hot, original)
-            )
+            payload = records.make_example(data, pre.image_format, row["id"], cat, sub, multi_hot, original)
             by_split[row["split"]].append((row["id"], payload))
             counter.add_input(acc, LabelRecord(row["split"], cat, sub, attrs))
     counter.extract_output(acc)

@@ -1,8 +1,9 @@
 """The TFRecord contract between the Beam step (writer) and the trainer/evaluator (readers).
 
 One `tf.train.Example` per product photo. Keys are constants here so writer and readers can
-never drift apart; `read_split` parses a preprocess folder's shards back. TensorFlow is imported
-inside the functions: importing this module is free.
+never drift apart; `read_split` parses a preprocess folder's shards back. `make_example` builds the
+record without TensorFlow (`core.protos`), so Beam workers never import it; the readers import
+TensorFlow inside the functions: importing this module is free.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core import layouts
+from core import layouts, protos
 from core.errors import StepError
 
 IMAGE = "image/encoded"
@@ -43,25 +44,24 @@ def make_example(
         original_size: (height, width) of the photo before resizing.
 
     """
-    import tensorflow as tf
-
-    def _bytes(v: bytes) -> Any:
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))
-
-    def _ints(v: list[int]) -> Any:
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=list(v)))
-
-    feature = {
-        IMAGE: _bytes(image),
-        IMAGE_FORMAT: _bytes(image_format.encode()),
-        ID: _bytes(str(item_id).encode()),
-        CATEGORY: _ints([int(category)]),
-        SUBCATEGORY: _ints([int(subcategory)]),
-        ATTRIBUTES: _ints([int(a) for a in attributes]),
-        ORIGINAL_HEIGHT: _ints([int(original_size[0])]),
-        ORIGINAL_WIDTH: _ints([int(original_size[1])]),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+    example = protos.example_class()()
+    feature = example.features.feature
+    for key, value in (
+        (IMAGE, image),
+        (IMAGE_FORMAT, image_format.encode()),
+        (ID, str(item_id).encode()),
+    ):
+        feature[key].bytes_list.value.append(value)
+    for key, ints in (
+        (CATEGORY, [int(category)]),
+        (SUBCATEGORY, [int(subcategory)]),
+        (ATTRIBUTES, [int(a) for a in attributes]),
+        (ORIGINAL_HEIGHT, [int(original_size[0])]),
+        (ORIGINAL_WIDTH, [int(original_size[1])]),
+    ):
+        feature[key].int64_list.value.extend(ints)
+    # Deterministic: map entries in key order, so every worker writes the same bytes for a photo.
+    return example.SerializeToString(deterministic=True)
 
 
 def feature_spec(num_attributes: int) -> dict[str, Any]:

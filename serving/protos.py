@@ -16,7 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, message_factory
+
+from core import protos as core_protos
 
 DESCRIPTOR_SET = Path(__file__).with_name("tfs_api.binpb")
 # The services a client calls; their files pull in every message they use.
@@ -58,25 +60,7 @@ def build_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     """
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2  # noqa: F401
 
-    pool = descriptor_pool.Default()
-    ordered: list[Any] = []
-    seen: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in seen:
-            return
-        seen.add(name)
-        file = pool.FindFileByName(name)
-        for dependency in file.dependencies:
-            visit(dependency.name)
-        ordered.append(file)
-
-    for root in ROOT_FILES:
-        visit(root)
-    out = descriptor_pb2.FileDescriptorSet()
-    for file in ordered:
-        file.CopyToProto(out.file.add())
-    return out
+    return core_protos.build_descriptor_set(ROOT_FILES)
 
 
 def write_descriptor_set(path: str | Path = DESCRIPTOR_SET) -> Path:
@@ -89,10 +73,7 @@ def write_descriptor_set(path: str | Path = DESCRIPTOR_SET) -> Path:
 @functools.cache
 def api() -> SimpleNamespace:
     """The message classes (`api().PredictRequest`, ...) and the DataType values (`api().DT_FLOAT`, ...)."""
-    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
-    pool = descriptor_pool.DescriptorPool()
-    for file in files.file:
-        pool.Add(file)
+    pool = core_protos.load_pool(DESCRIPTOR_SET)
     classes = {
         short: message_factory.GetMessageClass(pool.FindMessageTypeByName(full)) for short, full in MESSAGES.items()
     }

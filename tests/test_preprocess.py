@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,22 @@ def test_dataflow_run_without_required_flags_or_to_a_local_folder_is_refused(tmp
     flags = ["--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/t"]
     with pytest.raises(StepError, match="use a gs:// prefix"):
         resize_images(str(tmp_path / "ingest"), str(tmp_path / "out"), config(), flags)
+
+
+def test_beam_workers_import_neither_tensorflow_nor_keras(demo_dir, tmp_path):
+    # One in-process worker runs every DoFn in this fresh interpreter, so what it imports is what
+    # each worker process imports.
+    rows = demo_rows(demo_dir, 30)
+    write_manifest(rows, {r["id"]: str(demo_dir / "images" / f"{r['id']}.jpg") for r in rows}, tmp_path / "ingest")
+    code = (
+        "import sys\n"
+        "from components.preprocess.step import resize_images\n"
+        "from core.config import load_config\n"
+        "one_worker = {'direct_num_workers': 1, 'direct_running_mode': 'in_memory'}\n"
+        "cfg = load_config('ci', overrides={'preprocess': one_worker})\n"
+        f"result = resize_images({str(tmp_path / 'ingest')!r}, {str(tmp_path / 'out')!r}, cfg)\n"
+        "assert result.records == 30, result\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

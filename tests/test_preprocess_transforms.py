@@ -14,17 +14,16 @@ from PIL import Image
 from components.ingest.step import MANIFEST_BASE_COLUMNS
 from components.preprocess.stats import CountLabels, LabelRecord
 from components.preprocess.transforms import (
+    LABELS,
     OK,
     REJECTED,
-    DecodeImages,
-    EncodeImages,
     ExampleRecord,
     ImageItem,
     ParseManifestRows,
-    ReadImageBytes,
-    ResizeImages,
-    ToExamples,
+    PhotoProcessor,
+    ProcessPhotos,
     WriteShards,
+    shard_index,
 )
 from core import records
 
@@ -81,78 +80,67 @@ def test_parse_manifest_rows_needs_the_label_columns():
         ParseManifestRows(["id", "image_uri", "split"], SIZES)
 
 
-def test_read_image_bytes_rejects_missing_files(photos, tmp_path):
+def processor(height=80, width=60, mode="pad", image_format="jpeg", num_attributes=4) -> PhotoProcessor:
+    return PhotoProcessor(height, width, mode, (255, 255, 255), image_format, 90, num_attributes)
+
+
+def test_photo_processor_rejects_missing_and_empty_files_at_read(photos, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
-    items = [item("a", str(photos[0])), item("b", str(tmp_path / "missing.jpg")), item("c", str(empty))]
-    with pipeline() as p:
-        out = p | beam.Create(items) | ReadImageBytes()
-        assert_that(out[OK] | beam.Map(lambda i: (i.id, i.data)), equal_to([("a", photos[0].read_bytes())]), "ok")
-        assert_that(out[REJECTED] | beam.Map(lambda r: (r["id"], r["stage"])), equal_to([("b", "read"), ("c", "read")]))
+    for item_id, uri in (("b", tmp_path / "missing.jpg"), ("c", empty)):
+        out = processor()(item(item_id, str(uri)))
+        assert (out["id"], out["stage"]) == (item_id, "read")
+    assert isinstance(processor()(item("a", str(photos[0]))), ExampleRecord)
 
 
-def test_decode_images_records_original_size_and_rejects_corrupt_bytes(photos):
+def test_photo_processor_rejects_corrupt_bytes_at_decode(photos, tmp_path):
     data = photos[0].read_bytes()
-    items = [item("good", data=data), item("cut", data=data[:200]), item("text", data=b"hello")]
-    with pipeline() as p:
-        out = p | beam.Create(items) | DecodeImages()
-        assert_that(
-            out[OK] | beam.Map(lambda i: (i.id, i.original_size, i.image.mode)),
-            equal_to([("good", (80, 60), "RGB")]),
-            "ok",
-        )
-        assert_that(
-            out[REJECTED] | beam.Map(lambda r: (r["id"], r["stage"], r["error"].startswith("cannot decode"))),
-            equal_to([("cut", "decode", True), ("text", "decode", True)]),
-        )
+    for item_id, payload in (("cut", data[:200]), ("text", b"hello")):
+        path = tmp_path / f"{item_id}.jpg"
+        path.write_bytes(payload)
+        out = processor()(item(item_id, str(path)))
+        assert (out["id"], out["stage"], out["error"].startswith("cannot decode")) == (item_id, "decode", True)
 
 
 @pytest.mark.parametrize("mode", ["pad", "stretch"])
-def test_resize_images_gives_the_configured_size(mode):
-    items = [
-        item(str(i), image=Image.new("RGB", size, (9, 9, 9))) for i, size in enumerate([(60, 80), (40, 40), (90, 30)])
-    ]
-    with pipeline() as p:
-        out = p | beam.Create(items) | ResizeImages(50, 40, mode)
-        assert_that(out[OK] | beam.Map(lambda i: i.image.size), equal_to([(40, 50)] * 3), "ok")
-        assert_that(out[REJECTED], equal_to([]), "none rejected")
-
-
-def test_encode_images_produces_decodable_jpeg():
-    items = [item("1", image=Image.new("RGB", (40, 50), (200, 10, 10)))]
-    with pipeline() as p:
-        out = p | beam.Create(items) | EncodeImages("jpeg", 90)
-
-        def fmt(i):
-            img = Image.open(io.BytesIO(i.data))
-            return i.image, img.format, img.size
-
-        assert_that(out[OK] | beam.Map(fmt), equal_to([(None, "JPEG", (40, 50))]))
-
-
-def test_to_examples_writes_the_shared_record_contract():
+def test_photo_processor_stores_the_configured_size_and_the_original_one(mode, tmp_path):
     import tensorflow as tf
 
-    items = [item("42", data=b"jpeg-bytes", original_size=(80, 60), attributes=(1, 3))]
-
-    def parse(rec: ExampleRecord):
+    for i, size in enumerate([(60, 80), (40, 40), (90, 30)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", size, (9, 9, 9)).save(path)
+        rec = processor(50, 40, mode)(item(str(i), str(path)))
         ex = tf.io.parse_single_example(rec.payload, records.feature_spec(4))
-        return (
-            rec.split,
-            rec.id,
-            ex[records.ID].numpy(),
-            int(ex[records.SUBCATEGORY]),
-            ex[records.ATTRIBUTES].numpy().tolist(),
-            int(ex[records.ORIGINAL_HEIGHT]),
-            rec.labels,
-        )
+        stored = Image.open(io.BytesIO(ex[records.IMAGE].numpy()))
+        assert (stored.format, stored.size) == ("JPEG", (40, 50))
+        assert (int(ex[records.ORIGINAL_HEIGHT]), int(ex[records.ORIGINAL_WIDTH])) == (size[1], size[0])
 
+
+def test_photo_processor_writes_the_shared_record_contract(photos):
+    import tensorflow as tf
+
+    rec = processor()(item("42", str(photos[0]), attributes=(1, 3)))
+    ex = tf.io.parse_single_example(rec.payload, records.feature_spec(4))
+    assert (rec.split, rec.id, rec.labels) == ("train", "42", LabelRecord("train", 0, 1, (1, 3)))
+    assert ex[records.ID].numpy() == b"42"
+    assert int(ex[records.SUBCATEGORY]) == 1
+    assert ex[records.ATTRIBUTES].numpy().tolist() == [0, 1, 0, 1]
+    assert (int(ex[records.ORIGINAL_HEIGHT]), int(ex[records.ORIGINAL_WIDTH])) == (80, 60)
+
+
+def test_process_photos_batches_records_by_shard_with_labels_and_rejects(photos, tmp_path):
+    missing = str(tmp_path / "missing.jpg")
+    items = [item(str(i), str(photos[i % len(photos)])) for i in range(10)] + [item("99", missing)]
     with pipeline() as p:
-        out = p | beam.Create(items) | ToExamples(4, "jpeg")
+        sizes = p | "Sizes" >> beam.Create([("train", 11)])
+        out = p | beam.Create(items) | ProcessPhotos(processor(), 4, sizes, batch_size=3)
         assert_that(
-            out | beam.Map(parse),
-            equal_to([("train", "42", b"42", 1, [0, 1, 0, 1], 80, LabelRecord("train", 0, 1, (1, 3)))]),
+            out[OK] | beam.FlatMap(lambda kv: [(kv[0], i) for i, _ in kv[1]]),
+            equal_to([(("train", shard_index(str(i), 4), 4), str(i)) for i in range(10)]),
+            label="records",
         )
+        assert_that(out[LABELS] | beam.combiners.Count.Globally(), equal_to([10]), label="labels")
+        assert_that(out[REJECTED] | beam.Map(lambda r: (r["id"], r["stage"])), equal_to([("99", "read")]))
 
 
 def test_count_labels_per_split_and_level():
@@ -177,12 +165,13 @@ def test_count_labels_per_split_and_level():
 def test_write_shards_sorts_by_id_and_writes_every_shard(tmp_path):
     import tensorflow as tf
 
-    recs = [
-        ExampleRecord("train", str(i), f"payload-{i}".encode(), LabelRecord("train", 0, 0, ())) for i in (30, 4, 17)
-    ]
-    recs.append(ExampleRecord("test", "5", b"payload-5", LabelRecord("test", 0, 0, ())))
+    def batch(split, *ids):
+        return [((split, shard_index(i, 8), 8), [(i, f"payload-{i}".encode())]) for i in ids]
+
+    batches = batch("train", "30", "4") + batch("train", "17") + batch("test", "5")
     with pipeline() as p:
-        out = p | beam.Create(recs) | WriteShards(str(tmp_path), num_shards=8, compression="gzip")
+        sizes = p | "Sizes" >> beam.Create([("train", 3), ("test", 1)])
+        out = p | beam.Create(batches) | WriteShards(str(tmp_path), 8, "gzip", sizes)
         assert_that(out | beam.combiners.Count.Globally(), equal_to([16]))
 
     names = sorted(x.name for x in tmp_path.iterdir())

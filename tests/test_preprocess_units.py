@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,6 +14,8 @@ from PIL import Image
 from components.preprocess import stats, tfrecord, transforms
 from core import images, layouts, records
 from core.labels import LabelSchema
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +106,51 @@ def test_tfrecord_framing_is_readable_by_tensorflow(tmp_path):
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == payloads
 
 
-def test_canonical_example_is_byte_stable_and_equal():
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (b"img", "jpeg", "7", 1, 2, [0, 1, 0], (80, 60)),
+        (bytes(range(256)) * 30, "png", "123456", 0, 141, [1] * 31, (2400, 1800)),
+        (b"", "jpeg", "", 2**40, 0, [], (0, 0)),
+    ],
+)
+def test_make_example_writes_tensorflows_bytes_without_tensorflow(fields):
     import tensorflow as tf
 
-    raw = records.make_example(b"img", "jpeg", "7", 1, 2, [0, 1, 0], (80, 60))
-    canon = transforms.canonical_example(raw)
-    assert tf.train.Example.FromString(canon) == tf.train.Example.FromString(raw)
-    assert transforms.canonical_example(canon) == canon
+    image, image_format, item_id, category, subcategory, attributes, (height, width) = fields
+    expected = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                records.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+                records.IMAGE_FORMAT: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_format.encode()])),
+                records.ID: tf.train.Feature(bytes_list=tf.train.BytesList(value=[item_id.encode()])),
+                records.CATEGORY: tf.train.Feature(int64_list=tf.train.Int64List(value=[category])),
+                records.SUBCATEGORY: tf.train.Feature(int64_list=tf.train.Int64List(value=[subcategory])),
+                records.ATTRIBUTES: tf.train.Feature(int64_list=tf.train.Int64List(value=attributes)),
+                records.ORIGINAL_HEIGHT: tf.train.Feature(int64_list=tf.train.Int64List(value=[height])),
+                records.ORIGINAL_WIDTH: tf.train.Feature(int64_list=tf.train.Int64List(value=[width])),
+            }
+        )
+    ).SerializeToString(deterministic=True)
+    assert records.make_example(*fields) == expected
+
+
+def test_make_example_imports_no_tensorflow():
+    code = (
+        "import sys; from core import records; "
+        "records.make_example(b'x', 'jpeg', '1', 0, 0, [1], (1, 1)); "
+        "assert 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tensorflow'))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_ROOT)
+
+
+def test_example_descriptor_set_is_current():
+    from core import protos
+
+    shipped = protos.EXAMPLE_DESCRIPTOR_SET.read_bytes()
+    assert shipped == protos.build_example_descriptor_set().SerializeToString(deterministic=True), (
+        "core/tf_example.binpb is stale: run `make protos`"
+    )
 
 
 def test_shard_names_match_the_readers_glob():

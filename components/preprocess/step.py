@@ -1,8 +1,9 @@
 """The preprocess step: manifest -> resized photos in sharded TFRecords, statistics and rejects, with Beam.
 
 `resize_images` builds one Beam pipeline that reads the ingest manifest, processes every photo
-(`transforms.ProcessImages`), writes the shards (`transforms.WriteShards`) and, in the same pass,
-the statistics the trainer needs (`stats.json`) and the rejected photos (`rejects.jsonl`).
+(`transforms.ProcessPhotos`, a batch of photos per call), writes the shards (`transforms.WriteShards`)
+and, in the same pass, the statistics the trainer needs (`stats.json`) and the rejected photos
+(`rejects.jsonl`).
 Every manifest row ends up in exactly one of the two: records written + rejected = rows.
 """
 
@@ -22,10 +23,12 @@ from apache_beam.io.filesystems import FileSystems
 from components.preprocess.options import is_local, pipeline_options
 from components.preprocess.stats import CountLabels, class_weights
 from components.preprocess.transforms import (
+    LABELS,
     OK,
     REJECTED,
     ParseManifestRows,
-    ProcessImages,
+    PhotoProcessor,
+    ProcessPhotos,
     WriteShards,
     id_sort_key,
 )
@@ -178,7 +181,12 @@ def build_pipeline(
     )
     rows = lines | "CountRows" >> (beam.Filter(lambda line: bool(line.strip())) | beam.combiners.Count.Globally())
     parsed = lines | "ParseManifest" >> ParseManifestRows(header, schema.sizes)
-    examples, image_rejects = parsed[OK] | "ProcessImages" >> ProcessImages(
+    split_sizes = (
+        parsed[OK]
+        | "SplitOfRow" >> beam.Map(lambda item: item.split)
+        | "RowsPerSplit" >> beam.combiners.Count.PerElement()
+    )
+    processor = PhotoProcessor(
         pre.image_height,
         pre.image_width,
         pre.resize_mode,
@@ -187,18 +195,10 @@ def build_pipeline(
         pre.jpeg_quality,
         len(schema.attributes),
     )
-    rejects = (parsed[REJECTED], image_rejects) | "AllRejects" >> beam.Flatten()
-    split_sizes = (
-        parsed[OK]
-        | "SplitOfRow" >> beam.Map(lambda item: item.split)
-        | "RowsPerSplit" >> beam.combiners.Count.PerElement()
-    )
-    shards = examples | "WriteShards" >> WriteShards(out_dir, pre.num_shards, pre.compression, split_sizes)
-    counts = (
-        examples
-        | "Labels" >> beam.Map(lambda r: r.labels)
-        | "CountLabels" >> beam.CombineGlobally(CountLabels(schema.sizes))
-    )
+    processed = parsed[OK] | "ProcessPhotos" >> ProcessPhotos(processor, pre.num_shards, split_sizes)
+    rejects = (parsed[REJECTED], processed[REJECTED]) | "AllRejects" >> beam.Flatten()
+    shards = processed[OK] | "WriteShards" >> WriteShards(out_dir, pre.num_shards, pre.compression, split_sizes)
+    counts = processed[LABELS] | "CountLabels" >> beam.CombineGlobally(CountLabels(schema.sizes))
     _ = (
         pipeline
         | "Once" >> beam.Create([None])

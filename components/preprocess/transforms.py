@@ -1,9 +1,10 @@
-"""The Beam transforms of the preprocess step, one per stage, each with a dead-letter output.
+"""The Beam transforms of the preprocess step, each with a dead-letter output.
 
-manifest line -> `ParseManifestRows` -> `ReadImageBytes` -> `DecodeImages` -> `ResizeImages` ->
-`EncodeImages` -> `ToExamples` -> `WriteShards`. Every stage that can fail on bad input returns
-a `DoOutputsTuple` with the good items under `OK` and reject dicts (`id`, `image_uri`, `stage`,
-`error`) under `REJECTED`, so a broken photo is counted and reported instead of failing the job.
+manifest line -> `ParseManifestRows` -> `ProcessPhotos` (read, decode, resize, encode and
+serialise a batch of photos per call, `PhotoProcessor`) -> `WriteShards`. A transform that can
+fail on bad input returns a `DoOutputsTuple` with the good items under `OK` and reject dicts
+(`id`, `image_uri`, `stage`, `error`) under `REJECTED`, so a broken photo is counted and
+reported instead of failing the job. Workers import neither TensorFlow nor Keras.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from core.storage import StorageError, read_bytes
 
 OK = "ok"
 REJECTED = "rejected"
+LABELS = "labels"
+# Photos per DoFn call: enough to make Beam's per-element cost vanish, small enough to spread a
+# small catalogue over the workers.
+BATCH_SIZE = 64
 REQUIRED_COLUMNS = ("id", "image_uri", "split", "category_index", "subcategory_index", "attribute_indices")
 # Auto sharding aims at this many records per shard: a few tens of MB at the default photo size,
 # enough shards for parallel reads on a large catalogue and few files on a small one.
@@ -36,11 +41,7 @@ RECORDS_PER_SHARD = 5000
 
 
 class ImageItem(NamedTuple):
-    """One manifest row on its way through the stages; later stages fill `data`/`image`.
-
-    A NamedTuple rather than a dataclass: `_replace` is several times cheaper than
-    `dataclasses.replace`, and it runs four times per photo.
-    """
+    """One parsed manifest row: the photo's URI and its labels."""
 
     id: str
     image_uri: str
@@ -48,9 +49,6 @@ class ImageItem(NamedTuple):
     category: int
     subcategory: int
     attributes: tuple[int, ...]
-    data: bytes = b""
-    image: Any = None
-    original_size: tuple[int, int] = (0, 0)
 
 
 class ExampleRecord(NamedTuple):
@@ -166,145 +164,12 @@ class ParseManifestRows(beam.PTransform):
         )
 
 
-class _StageFn(beam.DoFn):
-    """Apply `run` to each item; the errors a bad photo causes become rejects of `stage`."""
+class PhotoProcessor:
+    """One photo from its URI to a serialised record: read, decode, resize, encode, serialise.
 
-    stage = ""
-    errors: tuple[type[BaseException], ...] = (ImageError,)
-
-    def run(self, item: ImageItem) -> ImageItem:
-        """Transform one item; each stage's subclass defines it."""
-        raise NotImplementedError(f"{type(self).__name__} must define run()")
-
-    def process(self, item: ImageItem) -> Iterator[Any]:
-        try:
-            yield self.run(item)
-        except self.errors as err:
-            _count_rejected(self.stage)
-            yield TaggedOutput(REJECTED, rejection(item.id, item.image_uri, self.stage, str(err)))
-
-
-class _ReadFn(_StageFn):
-    stage = "read"
-    errors = (StorageError, OSError)
-
-    def run(self, item: ImageItem) -> ImageItem:
-        data = read_bytes(item.image_uri)
-        if not data:
-            raise StorageError(f"{item.image_uri}: empty file")
-        return item._replace(data=data)
-
-
-class _DecodeFn(_StageFn):
-    stage = "decode"
-
-    def run(self, item: ImageItem) -> ImageItem:
-        img = decode_image(item.data)
-        return item._replace(data=b"", image=img, original_size=(img.height, img.width))
-
-
-class _ResizeFn(_StageFn):
-    stage = "resize"
-
-    def __init__(self, height: int, width: int, mode: str, pad_color: tuple[int, int, int]):
-        self._args = (height, width, mode, tuple(pad_color))
-
-    def run(self, item: ImageItem) -> ImageItem:
-        return item._replace(image=resize_image(item.image, *self._args))
-
-
-class _EncodeFn(_StageFn):
-    stage = "encode"
-
-    def __init__(self, image_format: str, jpeg_quality: int):
-        self._format = image_format
-        self._quality = jpeg_quality
-
-    def run(self, item: ImageItem) -> ImageItem:
-        return item._replace(image=None, data=encode_image(item.image, self._format, self._quality))
-
-
-class _Stage(beam.PTransform):
-    def __init__(self, fn: _StageFn):
-        super().__init__()
-        self._fn = fn
-
-    def expand(self, items):
-        """Items -> `OK` items and `REJECTED` reject dicts."""
-        return items | beam.ParDo(self._fn).with_outputs(REJECTED, main=OK)
-
-
-class ReadImageBytes(_Stage):
-    """Fetch each item's `image_uri` (local path or gs://) into `data`; unreadable files are rejected."""
-
-    def __init__(self):
-        super().__init__(_ReadFn())
-
-
-class DecodeImages(_Stage):
-    """Decode `data` into an RGB `image` and record `original_size` (height, width); bad bytes are rejected."""
-
-    def __init__(self):
-        super().__init__(_DecodeFn())
-
-
-class ResizeImages(_Stage):
-    """Resize each `image` to height x width (`pad` keeps the aspect ratio, `stretch` does not)."""
-
-    def __init__(self, height: int, width: int, mode: str = "pad", pad_color: tuple[int, int, int] = (255, 255, 255)):
-        super().__init__(_ResizeFn(height, width, mode, pad_color))
-
-
-class EncodeImages(_Stage):
-    """Encode each `image` as JPEG or PNG into `data`."""
-
-    def __init__(self, image_format: str = "jpeg", jpeg_quality: int = 95):
-        super().__init__(_EncodeFn(image_format, jpeg_quality))
-
-
-def canonical_example(payload: bytes) -> bytes:
-    """The same `tf.train.Example` serialised with its feature map in key order.
-
-    Protobuf writes map entries in an order that changes from process to process, so without
-    this the same photo would give different bytes on different workers.
-    """
-    from tensorflow.core.example import example_pb2
-
-    return example_pb2.Example.FromString(payload).SerializeToString(deterministic=True)
-
-
-class _ExampleFn(beam.DoFn):
-    def __init__(self, num_attributes: int, image_format: str):
-        self._num_attributes = num_attributes
-        self._format = image_format
-
-    def process(self, item: ImageItem) -> Iterator[ExampleRecord]:
-        multi_hot = [0] * self._num_attributes
-        for a in item.attributes:
-            multi_hot[a] = 1
-        payload = canonical_example(
-            records.make_example(
-                item.data, self._format, item.id, item.category, item.subcategory, multi_hot, item.original_size
-            )
-        )
-        labels = LabelRecord(item.split, item.category, item.subcategory, item.attributes)
-        yield ExampleRecord(item.split, item.id, payload, labels)
-
-
-class ToExamples(beam.PTransform):
-    """Encoded items -> `ExampleRecord`s holding serialised `tf.train.Example`s (`records.make_example`)."""
-
-    def __init__(self, num_attributes: int, image_format: str = "jpeg"):
-        super().__init__()
-        self._fn = _ExampleFn(num_attributes, image_format)
-
-    def expand(self, items):
-        """Encoded items -> `ExampleRecord`s."""
-        return items | beam.ParDo(self._fn)
-
-
-class ProcessImages(beam.PTransform):
-    """`ImageItem`s -> (`ExampleRecord`s, rejects): read, decode, resize, encode, serialise.
+    A plain callable, so a worker runs a whole batch of photos in one DoFn call: Beam's bookkeeping
+    per element and per DoFn costs as much as the work on a catalogue photo. A bad photo becomes
+    a reject dict naming the stage it failed in.
 
     Args:
         height: stored image height.
@@ -326,34 +191,91 @@ class ProcessImages(beam.PTransform):
         jpeg_quality: int,
         num_attributes: int,
     ):
-        super().__init__()
-        self._resize = (height, width, resize_mode, pad_color)
-        self._encode = (image_format, jpeg_quality)
+        self._resize = (height, width, resize_mode, tuple(pad_color))
+        self._format = image_format
+        self._quality = jpeg_quality
         self._num_attributes = num_attributes
 
+    def __call__(self, item: ImageItem) -> ExampleRecord | dict[str, str]:
+        """The record of `item`, or its reject."""
+        try:
+            data = read_bytes(item.image_uri)
+            if not data:
+                raise StorageError(f"{item.image_uri}: empty file")
+        except (StorageError, OSError) as err:
+            return _reject(item, "read", err)
+        stage = "decode"
+        try:
+            image = decode_image(data)
+            original_size = (image.height, image.width)
+            stage = "resize"
+            image = resize_image(image, *self._resize)
+            stage = "encode"
+            data = encode_image(image, self._format, self._quality)
+        except ImageError as err:
+            return _reject(item, stage, err)
+        multi_hot = [0] * self._num_attributes
+        for a in item.attributes:
+            multi_hot[a] = 1
+        payload = records.make_example(
+            data, self._format, item.id, item.category, item.subcategory, multi_hot, original_size
+        )
+        labels = LabelRecord(item.split, item.category, item.subcategory, item.attributes)
+        return ExampleRecord(item.split, item.id, payload, labels)
+
+
+def _reject(item: ImageItem, stage: str, err: Exception) -> dict[str, str]:
+    _count_rejected(stage)
+    return rejection(item.id, item.image_uri, stage, str(err))
+
+
+class _ProcessBatchFn(beam.DoFn):
+    def __init__(self, processor: PhotoProcessor, num_shards: int):
+        self._processor = processor
+        self._num_shards = num_shards
+
+    def process(self, batch: list[ImageItem], split_sizes: Mapping[str, int]) -> Iterator[Any]:
+        by_shard: dict[tuple[str, int, int], list[tuple[str, bytes]]] = {}
+        for item in batch:
+            out = self._processor(item)
+            if isinstance(out, dict):
+                yield TaggedOutput(REJECTED, out)
+                continue
+            total = shard_count(split_sizes[out.split], self._num_shards)
+            by_shard.setdefault((out.split, shard_index(out.id, total), total), []).append((out.id, out.payload))
+            yield TaggedOutput(LABELS, out.labels)
+        yield from by_shard.items()
+
+
+class ProcessPhotos(beam.PTransform):
+    """`ImageItem`s -> shard batches (`OK`), `LabelRecord`s (`LABELS`) and reject dicts (`REJECTED`).
+
+    Photos are processed `batch_size` at a time by one `PhotoProcessor` call each. A shard batch
+    is `((split, index, total), [(id, payload), ...])`: the records of one batch that go to one
+    shard, for `WriteShards`. Shards are sized from `split_sizes` (the manifest's rows per split,
+    known before any photo is processed), so the records cross between processes once.
+
+    Args:
+        processor: the per-photo work.
+        num_shards: shards per split; 0 picks one per `RECORDS_PER_SHARD` records.
+        split_sizes: PCollection of (split, manifest rows).
+        batch_size: photos per DoFn call.
+    """
+
+    def __init__(self, processor: PhotoProcessor, num_shards: int, split_sizes, batch_size: int = BATCH_SIZE):
+        super().__init__()
+        self._fn = _ProcessBatchFn(processor, num_shards)
+        self._split_sizes = split_sizes
+        self._batch_size = batch_size
+
     def expand(self, items):
-        """Items -> (`ExampleRecord`s, reject dicts of every stage)."""
-        read = items | "Read" >> ReadImageBytes()
-        decoded = read[OK] | "Decode" >> DecodeImages()
-        resized = decoded[OK] | "Resize" >> ResizeImages(*self._resize)
-        encoded = resized[OK] | "Encode" >> EncodeImages(*self._encode)
-        examples = encoded[OK] | "Serialise" >> ToExamples(self._num_attributes, self._encode[0])
-        rejects = (
-            read[REJECTED],
-            decoded[REJECTED],
-            resized[REJECTED],
-            encoded[REJECTED],
-        ) | "MergeRejects" >> beam.Flatten()
-        return examples, rejects
-
-
-class _AssignShardFn(beam.DoFn):
-    def __init__(self, configured: int):
-        self._configured = configured
-
-    def process(self, rec: ExampleRecord, split_counts: Mapping[str, int]) -> Iterator[Any]:
-        total = shard_count(split_counts[rec.split], self._configured)
-        yield (rec.split, shard_index(rec.id, total), total), (rec.id, rec.payload)
+        """Items -> the `OK`, `LABELS` and `REJECTED` outputs."""
+        return (
+            items
+            | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            | "Process"
+            >> beam.ParDo(self._fn, beam.pvalue.AsDict(self._split_sizes)).with_outputs(REJECTED, LABELS, main=OK)
+        )
 
 
 class _WriteShardFn(beam.DoFn):
@@ -362,9 +284,9 @@ class _WriteShardFn(beam.DoFn):
         self._compression = compression
 
     def process(self, element: tuple[tuple[str, int, int], Iterable[Any]]) -> Iterator[ShardFile]:
-        (split, index, total), values = element
+        (split, index, total), batches = element
         # Sorted by id: the same records always give byte-identical shards.
-        records = sorted((v for v in values if v is not None), key=lambda v: id_sort_key(v[0]))
+        records = sorted((r for batch in batches for r in batch), key=lambda r: id_sort_key(r[0]))
         name = shard_name(split, index, total, self._compression)
         path = FileSystems.join(self._out_dir, name)
         kind = CompressionTypes.GZIP if self._compression == "gzip" else CompressionTypes.UNCOMPRESSED
@@ -377,46 +299,35 @@ class _WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """`ExampleRecord`s -> `{split}-SSSSS-of-NNNNN.tfrecord[.gz]` files in `out_dir`; outputs `ShardFile`s.
+    """Shard batches -> `{split}-SSSSS-of-NNNNN.tfrecord[.gz]` files in `out_dir`; outputs `ShardFile`s.
 
-    Records go to shards by a hash of their id and are sorted by id inside each shard, so the
-    output does not depend on how the runner scheduled the work. Every shard of a split is
-    written, even one that no id hashed to, so `-of-NNNNN` always tells the truth.
+    Input: `((split, index, total), [(id, payload), ...])` as `ProcessPhotos` makes them. Records
+    are sorted by id inside each shard, so the output does not depend on how the runner scheduled
+    the work. Every shard of a split is written, even one that no id hashed to, so `-of-NNNNN`
+    always tells the truth.
 
     Args:
         out_dir: local folder or gs:// prefix (must exist for local paths).
         num_shards: shards per split; 0 picks one per `RECORDS_PER_SHARD` records.
         compression: `none` or `gzip`.
-        split_sizes: optional PCollection of (split, expected records) that sizes the shards
-            (the pipeline passes the manifest's rows per split). Known before the records exist,
-            it lets shard assignment run in the same fused stage that makes the records, so each
-            serialised record crosses between processes once to be grouped, not three times.
-            Without it, the records themselves are counted first.
+        split_sizes: PCollection of (split, expected records), the same that sized the batches.
     """
 
-    def __init__(self, out_dir: str, num_shards: int = 0, compression: str = "none", split_sizes=None):
+    def __init__(self, out_dir: str, num_shards: int, compression: str, split_sizes):
         super().__init__()
         self._out_dir = out_dir
         self._num_shards = num_shards
         self._compression = compression
         self._split_sizes = split_sizes
 
-    def expand(self, records):
-        """Records -> one `ShardFile` per shard written."""
+    def expand(self, batches):
+        """Shard batches -> one `ShardFile` per shard written."""
         configured = self._num_shards
-        sizes = self._split_sizes
-        if sizes is None:
-            sizes = (
-                records | "SplitOf" >> beam.Map(lambda r: r.split) | "CountSplits" >> beam.combiners.Count.PerElement()
-            )
-        keyed = records | "AssignShard" >> beam.ParDo(_AssignShardFn(configured), beam.pvalue.AsDict(sizes))
-        every_shard = sizes | "EveryShard" >> beam.FlatMap(
-            lambda kv: [
-                ((kv[0], i, shard_count(kv[1], configured)), None) for i in range(shard_count(kv[1], configured))
-            ]
+        every_shard = self._split_sizes | "EveryShard" >> beam.FlatMap(
+            lambda kv: [((kv[0], i, shard_count(kv[1], configured)), []) for i in range(shard_count(kv[1], configured))]
         )
         return (
-            (keyed, every_shard)
+            (batches, every_shard)
             | "Merge" >> beam.Flatten()
             | "GroupShards" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(_WriteShardFn(self._out_dir, self._compression))
