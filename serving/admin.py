@@ -3,22 +3,61 @@
 It wraps the ModelService calls a rollout needs (HandleReloadConfigRequest, GetModelStatus) and
 turns their gRPC failures into StepErrors that name the server. Status calls can name another
 model than the admin's own, such as the `<name>-canary` entry a deploy verifies a candidate under.
+`Replicas` makes the same calls on every replica of an endpoint, found by `replica_targets`
+(a list of addresses, or every address of a `dns:///` name such as a Kubernetes headless service).
 """
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 
 from core.errors import StepError
 from serving import contract as sig
+from serving import protos
 from serving.client import PredictionClient
 
 # How often GetModelStatus is asked while a version loads.
 POLL_INTERVAL_S = 0.2
+# gRPC's name syntax for "every address this DNS name resolves to".
+DNS_SCHEME = "dns:///"
+
+T = TypeVar("T")
+
+
+def replica_targets(endpoint: str) -> list[str]:
+    """The gRPC `host:port` of every replica behind an endpoint, in a stable order.
+
+    Args:
+        endpoint: `host:port` (one server), a comma-separated list of them, or
+            `dns:///<name>:<port>`: every address the name resolves to, which for a Kubernetes
+            headless service (`clusterIP: None`) is one per ready pod.
+
+    Raises:
+        StepError: the endpoint names no replica, or a `dns:///` name does not resolve.
+    """
+    targets: list[str] = []
+    for part in filter(None, (p.strip() for p in endpoint.split(","))):
+        if not part.startswith(DNS_SCHEME):
+            targets.append(part)
+            continue
+        host, _, port = part.removeprefix(DNS_SCHEME).rpartition(":")
+        if not host or not port.isdigit():
+            raise StepError(f"{part}: expected {DNS_SCHEME}<name>:<port>")
+        try:
+            found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as err:
+            raise StepError(f"cannot resolve {host} ({part}): {err.strerror}") from err
+        addresses = sorted({info[4][0] for info in found})
+        targets += [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+    if not targets:
+        raise StepError(f"no serving replica in {endpoint!r}: give host:port, a list of them, or {DNS_SCHEME}name:port")
+    return list(dict.fromkeys(targets))
 
 
 class ModelAdmin:
@@ -42,6 +81,7 @@ class ModelAdmin:
         self.model_name = model_name
         self.timeout_s = timeout_s
         self.client = PredictionClient(target, model_name, timeout_s=timeout_s, max_message_bytes=max_message_bytes)
+        self._metadata = protos.unary(self.client.channel, protos.PREDICTION_SERVICE, "GetModelMetadata")
 
     def reload_config(self, config: Any, timeout_s: float | None = None) -> None:
         """Make the server apply a whole ModelServerConfig now.
@@ -146,11 +186,112 @@ class ModelAdmin:
                 raise StepError(f"versions {sorted(pending)} still loaded on {self.target} after {deadline_s:.0f}s")
             time.sleep(POLL_INTERVAL_S)
 
+    def resolved_version(self, label: str | None = None) -> int:
+        """The version that answers the admin's model when a request names `label` (None: no version or label).
+
+        Raises:
+            grpc.RpcError: the server resolves no version (NOT_FOUND) or cannot be reached.
+        """
+        api = protos.api()
+        spec = api.ModelSpec(name=self.model_name)
+        if label:
+            spec.version_label = label
+        request = api.GetModelMetadataRequest(model_spec=spec, metadata_field=["signature_def"])
+        return int(self._metadata(request, timeout=self.timeout_s).model_spec.version.value)
+
+    def wait_resolved(self, version: int, deadline_s: float, label: str | None = None) -> None:
+        """Poll GetModelMetadata until requests that name `label` (None: nothing) are answered by `version`.
+
+        Raises:
+            StepError: another version (or none) answers them after `deadline_s`.
+        """
+        deadline = time.monotonic() + deadline_s
+        while True:
+            try:
+                answered: int | str = self.resolved_version(label)
+            except grpc.RpcError as err:
+                answered = err.code().name
+            if answered == version:
+                return
+            if time.monotonic() >= deadline:
+                asked = f"label {label!r}" if label else "no version or label"
+                raise StepError(
+                    f"requests naming {asked} get {answered} instead of version {version} on {self.target} "
+                    f"after {deadline_s:.0f}s"
+                )
+            time.sleep(POLL_INTERVAL_S)
+
     def close(self) -> None:
         """Close the channel."""
         self.client.close()
 
     def __enter__(self) -> ModelAdmin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Replicas:
+    """ModelAdmin's calls on every replica of an endpoint at once; a call returns when all have answered.
+
+    A call that returns without error was done by every replica; otherwise the first failure (in
+    replica order) is raised, once the others have finished theirs.
+
+    Args:
+        endpoint: the replicas, as `replica_targets` reads them.
+        model_name: the served model's name.
+        timeout_s: deadline of every call.
+        max_message_bytes: send and receive limit of the channels.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        model_name: str,
+        timeout_s: float = 30.0,
+        max_message_bytes: int = sig.DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        self.targets = replica_targets(endpoint)
+        self.admins = [ModelAdmin(t, model_name, timeout_s, max_message_bytes) for t in self.targets]
+
+    def _each(self, call: Callable[[ModelAdmin], T]) -> list[T]:
+        with ThreadPoolExecutor(max_workers=len(self.admins), thread_name_prefix="replica") as pool:
+            futures = [pool.submit(call, admin) for admin in self.admins]
+        return [future.result() for future in futures]
+
+    def reload_config(self, config: Any, timeout_s: float | None = None) -> None:
+        """Make every replica apply `config` now (see `ModelAdmin.reload_config`)."""
+        self._each(lambda admin: admin.reload_config(config, timeout_s))
+
+    def available(self) -> set[int]:
+        """The versions of the model that are AVAILABLE on every replica."""
+        states = self._each(lambda admin: admin.states())
+        return set.intersection(*({v for v, state in s.items() if state == "AVAILABLE"} for s in states))
+
+    def known_versions(self, model_name: str | None = None) -> list[int]:
+        """Every version of a model that some replica has seen, newest first."""
+        return sorted(set().union(*self._each(lambda admin: admin.known_versions(model_name))), reverse=True)
+
+    def wait_available(self, version: int, deadline_s: float, model_name: str | None = None) -> None:
+        """Wait until `version` is AVAILABLE on every replica (see `ModelAdmin.wait_available`)."""
+        self._each(lambda admin: admin.wait_available(version, deadline_s, model_name))
+
+    def wait_unloaded(self, versions: Iterable[int], deadline_s: float) -> None:
+        """Wait until no replica has any of `versions` loaded."""
+        versions = set(versions)
+        self._each(lambda admin: admin.wait_unloaded(versions, deadline_s))
+
+    def wait_resolved(self, version: int, deadline_s: float, label: str | None = None) -> None:
+        """Wait until every replica answers requests that name `label` (None: nothing) with `version`."""
+        self._each(lambda admin: admin.wait_resolved(version, deadline_s, label))
+
+    def close(self) -> None:
+        """Close every channel."""
+        for admin in self.admins:
+            admin.close()
+
+    def __enter__(self) -> Replicas:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,10 +32,23 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
+# The joint decoding's extra outputs, (name, is a label); versions exported before it lack them.
+_DECODING_OUTPUTS = (
+    (sig.JOINT_SCORE, False),
+    (sig.CATEGORY_INDEPENDENT, True),
+    (sig.CATEGORY_INDEPENDENT_SCORE, False),
+    (sig.SUBCATEGORY_INDEPENDENT, True),
+    (sig.SUBCATEGORY_INDEPENDENT_SCORE, False),
+)
+
+
 def format_predictions(outputs: dict[str, np.ndarray], attribute_threshold: float = 0.5) -> list[dict]:
     """Per photo: category and sub-category, attributes above the threshold, best value per group.
 
     Every label comes with its score; groups are the attribute columns (colour, season, ...).
+    `category`/`subcategory` are the model's tree-consistent pair (joint decoding); when the
+    version serves them, `joint_score` and each level's own arg-max (`category_independent`,
+    `subcategory_independent` and their scores) follow under the output names.
     """
     results = []
     for i in range(len(outputs[sig.CATEGORY])):
@@ -52,6 +65,11 @@ def format_predictions(outputs: dict[str, np.ndarray], attribute_threshold: floa
                 "category_score": round(float(outputs[sig.CATEGORY_SCORE][i]), 6),
                 "subcategory": _text(outputs[sig.SUBCATEGORY][i]),
                 "subcategory_score": round(float(outputs[sig.SUBCATEGORY_SCORE][i]), 6),
+                **{
+                    k: _text(outputs[k][i]) if label else round(float(outputs[k][i]), 6)
+                    for k, label in _DECODING_OUTPUTS
+                    if k in outputs
+                },
                 "attributes": [
                     {"name": n, "score": round(s, 6)}
                     for n, s in zip(names, scores, strict=True)

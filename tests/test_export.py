@@ -39,11 +39,16 @@ def test_export_agrees_with_the_keras_model_on_real_photos(exported, samples_dir
     np.testing.assert_allclose(out[sig.CATEGORY_PROBABILITIES], expected["category"], atol=1e-5)
     np.testing.assert_allclose(out[sig.SUBCATEGORY_PROBABILITIES], expected["subcategory"], atol=1e-5)
     np.testing.assert_allclose(out[sig.ATTRIBUTE_PROBABILITIES], expected["attributes"], atol=1e-5)
-    assert [c.decode() for c in out[sig.CATEGORY]] == [schema.categories[i] for i in expected["category"].argmax(1)]
-    assert [c.decode() for c in out[sig.SUBCATEGORY]] == [
+    # Each level's own arg-max under its own names; the served pair is the joint one (tests/test_export_joint.py).
+    assert [c.decode() for c in out[sig.CATEGORY_INDEPENDENT]] == [
+        schema.categories[i] for i in expected["category"].argmax(1)
+    ]
+    assert [c.decode() for c in out[sig.SUBCATEGORY_INDEPENDENT]] == [
         schema.subcategories[i] for i in expected["subcategory"].argmax(1)
     ]
-    np.testing.assert_allclose(out[sig.CATEGORY_SCORE], expected["category"].max(1), atol=1e-5)
+    np.testing.assert_allclose(out[sig.CATEGORY_INDEPENDENT_SCORE], expected["category"].max(1), atol=1e-5)
+    pairs = zip(out[sig.CATEGORY], out[sig.SUBCATEGORY], strict=True)
+    assert all(s.decode() in schema.tree[c.decode()] for c, s in pairs)
     # Attribute names come sorted by score, aligned with their scores.
     first = out[sig.ATTRIBUTE_NAMES][0]
     scores = out[sig.ATTRIBUTE_SCORES][0]

@@ -1,4 +1,4 @@
-"""The Kubernetes manifests: rendered from the kustomization, and serving the same config `fashion serve` reads."""
+"""The Kubernetes manifests: rendered from the kustomization, and serving the models.config `fashion deploy` writes."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from serving.server import config as server_config
 from tests.support import serving as testing
 
 K8S = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "serving"
-MOUNT = "/etc/fashion-serving"
 
 
 def render(root: Path = K8S) -> list[dict]:
@@ -43,29 +42,36 @@ def _args(container) -> dict[str, str]:
     return dict(a.removeprefix("--").split("=", 1) for a in container["args"])
 
 
-def test_manifests_run_the_official_image_on_the_project_config():
+def _serving_pod(docs) -> tuple[dict, dict]:
+    pod = _one(docs, "Deployment", "fashion-serving")["spec"]["template"]["spec"]
+    return pod, pod["containers"][0]
+
+
+def test_manifests_run_the_official_image_on_the_models_config_deploy_writes():
     docs = render()
     deployment = _one(docs, "Deployment", "fashion-serving")
-    pod = deployment["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    pod, container = _serving_pod(docs)
     assert container["image"].startswith("tensorflow/serving:")
     args = _args(container)
     serving = ServingConfig()
     assert (int(args["port"]), int(args["rest_api_port"])) == (serving.grpc_port, serving.rest_port)
 
-    # The config files are the kustomization's ConfigMap, mounted where the args point.
-    config_map = _one(docs, "ConfigMap")
-    volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"])
-    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
-    assert mount["mountPath"] == MOUNT
-    assert args["model_config_file"] == f"{MOUNT}/models.config"
-    assert args["batching_parameters_file"] == f"{MOUNT}/batching_parameters.txt"
-    assert args["enable_batching"] == "true"
-
-    # ...and they are exactly the files the local server parses.
-    models = model_config.parse_model_server_config(config_map["data"]["models.config"])
+    # Every pod reads the one models.config `fashion deploy` writes next to the model base path
+    # (the seed here is copied there once), and re-reads it, so all replicas converge on it.
+    models = model_config.read_model_server_config(str(K8S / "models.config"))
     (model,) = models.model_config_list.config
     assert model.name == serving.model_name and model.base_path.startswith("gs://")
+    assert args["model_config_file"] == model_config.model_config_uri(model.base_path)
+    assert float(args["model_config_file_poll_wait_seconds"]) > 0
+
+    # The batching file is the kustomization's ConfigMap, mounted where the args point, and is
+    # exactly the file the local server parses.
+    config_map = _one(docs, "ConfigMap")
+    assert "models.config" not in config_map["data"]  # a second copy would undo what deploy writes
+    volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == config_map["metadata"]["name"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    assert args["batching_parameters_file"] == f"{mount['mountPath']}/batching_parameters.txt"
+    assert args["enable_batching"] == "true"
     batching = server_config.parse_batching_parameters(config_map["data"]["batching_parameters.txt"])
     assert (batching.max_batch_size, batching.batch_timeout_micros, batching.max_enqueued_batches) == (
         serving.max_batch_size,
@@ -85,9 +91,46 @@ def test_manifests_run_the_official_image_on_the_project_config():
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-@pytest.mark.skipif(shutil.which("kustomize") is None, reason="the kustomize binary is not installed")
+def test_every_replica_is_addressable_hardened_and_kept_available():
+    docs = render()
+    deployment = _one(docs, "Deployment", "fashion-serving")
+    pods = deployment["spec"]["selector"]["matchLabels"]
+    pod, container = _serving_pod(docs)
+
+    # The headless service gives one address per pod: what `fashion deploy --server dns:///...` verifies.
+    headless = _one(docs, "Service", "fashion-serving-headless")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["selector"] == pods
+    assert {p["name"]: p["port"] for p in headless["spec"]["ports"]}["grpc"] == 8500
+
+    # The service account the pods run as is part of the manifests (Workload Identity reads the bucket).
+    account = _one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].startswith("fashion-serving@")
+
+    # Non-root, no privilege escalation, no capabilities, read-only root, the runtime's seccomp filter.
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    tmp = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+
+    # A drain never takes every replica at once.
+    budget = _one(docs, "PodDisruptionBudget", "fashion-serving")
+    assert budget["spec"]["selector"]["matchLabels"] == pods
+    minimum = min(deployment["spec"]["replicas"], _one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"])
+    assert 1 <= budget["spec"]["minAvailable"] < minimum
+
+
+def _kustomize() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    return ["kubectl", "kustomize"] if shutil.which("kubectl") else None
+
+
+@pytest.mark.skipif(_kustomize() is None, reason="neither kustomize nor kubectl is installed")
 def test_kustomize_build_agrees_with_the_python_rendering():
-    built = [d for d in yaml.safe_load_all(subprocess.check_output(["kustomize", "build", str(K8S)], text=True)) if d]
+    built = [d for d in yaml.safe_load_all(subprocess.check_output([*_kustomize(), str(K8S)], text=True)) if d]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == sorted(
         (d["kind"], d["metadata"]["name"]) for d in render()
     )
@@ -97,14 +140,22 @@ def test_kustomize_build_agrees_with_the_python_rendering():
 @pytest.mark.server
 @pytest.mark.slow
 def test_local_server_serves_the_manifests_config_from_gcs(gcs_emulator, tmp_path):
+    from core import storage
+
     models = model_config.read_model_server_config(str(K8S / "models.config"))
     base_path = models.model_config_list.config[0].base_path
     bucket, _ = base_path[5:].split("/", 1)
     gcs_emulator.create_bucket(bucket)
     export.export_model(testing.make_model_dir(tmp_path / "model"), f"{base_path}/1")
-    # Exactly the two files the manifests mount, read by the local server.
+    # The seed copied where the Deployment's args point, read from there with the mounted batching file.
+    _, container = _serving_pod(render())
+    args = _args(container)
+    storage.write_bytes(args["model_config_file"], (K8S / "models.config").read_bytes())
     server = testing.start_local_server(
-        K8S / "models.config", enable_batching=True, batching_parameters_file=str(K8S / "batching_parameters.txt")
+        args["model_config_file"],
+        model_config_file_poll_wait_seconds=float(args["model_config_file_poll_wait_seconds"]),
+        enable_batching=True,
+        batching_parameters_file=str(K8S / "batching_parameters.txt"),
     )
     try:
         with PredictionClient(f"127.0.0.1:{server.grpc_port}", models.model_config_list.config[0].name) as client:

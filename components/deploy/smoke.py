@@ -1,8 +1,9 @@
 """The deploy step's smoke check: a new version's served answers against the SavedModel and the evaluation.
 
-Known photos are sent to the new version by number. Its answers must equal the registered
-SavedModel's run in-process (the server loaded what was registered), and agree with the labels
-the evaluation step predicted for the same photos (what was registered is what was evaluated).
+Known photos are sent to the new version by number, on each replica. Its answers must equal the
+registered SavedModel's run in-process (the replica loaded what was registered), and agree with
+the labels the evaluation step predicted for the same photos (what was registered is what was
+evaluated).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ MAX_SCORE_DIFFERENCE = 1e-4
 def load_expected(predictions_path: str | Path, limit: int) -> list[dict[str, Any]]:
     """Up to `limit` records of the evaluation's predictions.jsonl that name a photo.
 
-    Each usable record has the photo (`image_uri` or `image_path`) and the predicted labels,
-    as `pred_category`/`pred_subcategory` or `predicted: {category, subcategory}`.
+    Each usable record has the photo (`image_uri` or `image_path`) and the predicted labels: the
+    tree-consistent `joint_category`/`joint_subcategory` the endpoint serves when the record has
+    them, else `pred_category`/`pred_subcategory` or `predicted: {category, subcategory}`.
 
     Raises:
         StepError: no record names a photo and its predicted labels.
@@ -40,8 +42,9 @@ def load_expected(predictions_path: str | Path, limit: int) -> list[dict[str, An
         record = json.loads(line)
         predicted = record.get("predicted") if isinstance(record.get("predicted"), dict) else {}
         uri = record.get("image_uri") or record.get("image_path")
-        category = record.get("pred_category", predicted.get("category"))
-        subcategory = record.get("pred_subcategory", predicted.get("subcategory"))
+        # The endpoint serves the joint pair as `category`/`subcategory`; pred_* are each level's own arg-max.
+        category = record.get("joint_category", record.get("pred_category", predicted.get("category")))
+        subcategory = record.get("joint_subcategory", record.get("pred_subcategory", predicted.get("subcategory")))
         if uri and category is not None and subcategory is not None:
             records.append({"id": record.get("id"), "uri": uri, "category": category, "subcategory": subcategory})
         if len(records) >= limit:
@@ -80,9 +83,23 @@ def _strings(values: np.ndarray) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
+def reference_outputs(saved_model_dir: Path, photos: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """The registered SavedModel's outputs for `photos`, run in-process: what every replica must answer.
+
+    Raises:
+        StepError: there are no photos.
+    """
+    import tensorflow as tf
+
+    if not photos:
+        raise StepError("no smoke photos: give known photos or the evaluation's predictions.jsonl")
+    local = tf.saved_model.load(str(saved_model_dir)).signatures[sig.SIGNATURE_NAME]
+    return {k: v.numpy() for k, v in local(image_bytes=tf.constant(list(photos))).items()}
+
+
 def smoke_check(
     client: PredictionClient,
-    saved_model_dir: Path,
+    reference: dict[str, np.ndarray],
     photos: Sequence[bytes],
     expected: Sequence[dict[str, Any]] = (),
     min_agreement: float = 0.9,
@@ -90,8 +107,8 @@ def smoke_check(
     """Served answers must equal the SavedModel's in-process answers and agree with the evaluation.
 
     Args:
-        client: a client bound to the version under test (by number).
-        saved_model_dir: the registered SavedModel that version was published from.
+        client: a client bound to the version under test (by number) on one replica.
+        reference: the registered SavedModel's outputs for `photos` (see `reference_outputs`).
         photos: encoded photos to send; the first `len(expected)` are the evaluation's.
         expected: the evaluation's records of those photos (see `load_expected`).
         min_agreement: least share of `expected` whose labels must match.
@@ -103,21 +120,15 @@ def smoke_check(
         StepError: the endpoint answers differently, or agrees with the evaluation on fewer than
             `min_agreement` of the photos.
     """
-    import tensorflow as tf
-
-    version = client.version
-    if not photos:
-        raise StepError("no smoke photos: give known photos or the evaluation's predictions.jsonl")
+    where = f"version {client.version} on {client.target}"
     served = served_outputs(client, photos)
-    local = tf.saved_model.load(str(saved_model_dir)).signatures[sig.SIGNATURE_NAME]
-    direct = {k: v.numpy() for k, v in local(image_bytes=tf.constant(list(photos))).items()}
-    if _strings(served[sig.CATEGORY]) != _strings(direct[sig.CATEGORY]) or _strings(
+    if _strings(served[sig.CATEGORY]) != _strings(reference[sig.CATEGORY]) or _strings(
         served[sig.SUBCATEGORY]
-    ) != _strings(direct[sig.SUBCATEGORY]):
-        raise StepError(f"version {version} answers differently from the registered SavedModel run in-process")
-    diff = float(np.abs(served[sig.CATEGORY_PROBABILITIES] - direct[sig.CATEGORY_PROBABILITIES]).max(initial=0.0))
+    ) != _strings(reference[sig.SUBCATEGORY]):
+        raise StepError(f"{where} answers differently from the registered SavedModel run in-process")
+    diff = float(np.abs(served[sig.CATEGORY_PROBABILITIES] - reference[sig.CATEGORY_PROBABILITIES]).max(initial=0.0))
     if diff > MAX_SCORE_DIFFERENCE:
-        raise StepError(f"version {version} scores differ from the registered SavedModel by {diff:.2g}")
+        raise StepError(f"{where} scores differ from the registered SavedModel by {diff:.2g}")
     result: dict[str, Any] = {"photos": len(photos), "max_score_difference": diff}
     if expected:
         # The evaluation may name classes or give their indices; compare like with like.
@@ -131,7 +142,7 @@ def smoke_check(
         result.update(evaluation_photos=len(expected), agreement=agreement)
         if agreement < min_agreement:
             raise StepError(
-                f"version {version} agrees with the evaluation's predictions on {agree}/{len(expected)} photos "
+                f"{where} agrees with the evaluation's predictions on {agree}/{len(expected)} photos "
                 f"({agreement:.0%} < {min_agreement:.0%}): the served model is not the evaluated one"
             )
     return result

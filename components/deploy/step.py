@@ -1,4 +1,4 @@
-"""The deploy step: publish the registry's challenger, verify it as a canary, then make it `stable`.
+"""The deploy step: publish the registry's challenger, verify it as a canary on every replica, then make it `stable`.
 
 Routing (README "Routing"): TF Serving answers a request that names no version or label with the
 highest version the model's entry has loaded. So the main entry of models.config only ever names
@@ -20,6 +20,14 @@ unlabelled traffic to a verified version.
 Any failure before `stable` moves restores the pinned models.config, removes the published version
 and raises StepError with the reason. A deploy that dies without cleaning up leaves its candidate
 reachable only as `<name>-canary`; the next deploy or rollback drops that entry and its folder.
+
+Replicas: the endpoint may be several servers (a list, or a `dns:///` name such as a Kubernetes
+headless service: `serving.admin.replica_targets`). They all read one models.config, the source of
+truth that each step writes first and then pushes to every replica, so a replica that restarts or
+polls the file converges on it. Every wait and every smoke check above runs on every replica, and
+`stable` and `champion` move only once all of them have verified the candidate; a deploy or
+rollback ends when every replica answers requests that name no version, and `stable`, with the new
+version.
 """
 
 from __future__ import annotations
@@ -33,13 +41,14 @@ from typing import Any
 
 import grpc
 
-from components.deploy.smoke import load_expected, smoke_check
+from components.deploy.smoke import load_expected, reference_outputs, smoke_check
 from components.register.registry import CHALLENGER, CHAMPION, TAG_PREVIOUS_CHAMPION, Registry
 from core import storage
 from core.config import Config
 from core.errors import StepError
+from core.progress import Progress
 from serving import model_config, store
-from serving.admin import ModelAdmin
+from serving.admin import Replicas
 from serving.client import PredictionClient
 from serving.model_config import STABLE_LABEL
 
@@ -57,6 +66,7 @@ class DeployResult:
     serving_version: int
     previous_serving_version: int | None
     smoke: dict[str, Any] = field(default_factory=dict)
+    replicas: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable summary."""
@@ -65,6 +75,7 @@ class DeployResult:
             "serving_version": self.serving_version,
             "previous_serving_version": self.previous_serving_version,
             "smoke": self.smoke,
+            "replicas": self.replicas,
         }
 
 
@@ -80,37 +91,53 @@ def next_version(model_base_path: str, config: Any, model_name: str, known: Sequ
     return max([0, *published, *named, *known]) + 1
 
 
-def _admin(server: str, config: Config) -> ModelAdmin:
+def _replicas(server: str, config: Config) -> Replicas:
     serving = config.serving
-    return ModelAdmin(server, serving.model_name, serving.request_timeout_s, serving.max_message_mb * 1024 * 1024)
+    return Replicas(server, serving.model_name, serving.request_timeout_s, serving.max_message_mb * 1024 * 1024)
 
 
-def _apply(admin: ModelAdmin, model_config_uri: str, config: Any, timeout_s: float | None = None) -> None:
-    """Push the config to the server now, then write the file it reads (for restarts and polling replicas).
+def _apply(replicas: Replicas, model_config_uri: str, config: Any, timeout_s: float | None = None) -> None:
+    """Write the models.config every replica reads, then push it to each of them so that they apply it now.
 
-    Pushing first means a config the server refuses is never written.
+    The file comes first: it is the one source of truth, which a replica that polls it or restarts
+    converges on without the push, and every config written on the way keeps unlabelled requests
+    on a verified version.
     """
-    admin.reload_config(config, timeout_s)
     model_config.write_model_server_config(model_config_uri, config)
+    replicas.reload_config(config, timeout_s)
 
 
-def _restore(admin: ModelAdmin, model_config_uri: str, original: Any) -> None:
+def _restore(replicas: Replicas, model_config_uri: str, original: Any) -> None:
     try:
-        _apply(admin, model_config_uri, original)
-    except StepError as err:
-        log.error("could not restore the previous config: %s", err)
+        _apply(replicas, model_config_uri, original)
+    except (StepError, storage.StorageError) as err:
+        # The file is written first: a replica that missed the push converges on it when it polls.
+        log.error("could not restore the previous config everywhere: %s", err)
 
 
-def _stable_version(model: Any, states: dict[int, str]) -> int | None:
+def _wait_routed(replicas: Replicas, version: int, timeout_s: float) -> None:
+    """Wait until every replica answers requests that name no version, and those naming `stable`, with `version`."""
+    replicas.wait_resolved(version, timeout_s)
+    replicas.wait_resolved(version, timeout_s, STABLE_LABEL)
+
+
+def _stable_version(model: Any, available: set[int]) -> int | None:
     """The verified version unlabelled requests are meant for: the `stable` label's.
 
     A models.config without the label (a first `latest` policy) has verified nothing; what the
-    server answers unlabelled requests with today, its highest AVAILABLE version, is kept.
+    replicas answer unlabelled requests with today, the highest version AVAILABLE on all, is kept.
     """
     if STABLE_LABEL in model.version_labels:
         return int(model.version_labels[STABLE_LABEL])
-    available = [v for v, state in states.items() if state == "AVAILABLE"]
     return max(available) if available else None
+
+
+def _worst(checks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The smoke figures of every replica as one: the largest score difference, the lowest agreement."""
+    worst = {**checks[0], "max_score_difference": max(c["max_score_difference"] for c in checks)}
+    if "agreement" in worst:
+        worst["agreement"] = min(c["agreement"] for c in checks)
+    return worst
 
 
 def _pinned(config: Any, model_name: str, stable: int | None) -> Any:
@@ -143,13 +170,14 @@ def deploy_model(
     min_agreement: float = 0.9,
     max_smoke_photos: int = 16,
 ) -> DeployResult:
-    """Publish the `challenger`, verify it as `<name>-canary` on the live endpoint, then move `stable` and `champion`.
+    """Publish the `challenger`, verify it as `<name>-canary` on every replica, then move `stable` and `champion`.
 
     Args:
         registry: the model registry (MLflow): its `challenger` is deployed.
         config: resolved config; `serving.model_name` and `serving.model_base_path` are used.
-        server: gRPC `host:port` of the endpoint.
-        model_config_uri: the models.config the server reads (local or `gs://`); written here.
+        server: the endpoint's replicas: gRPC `host:port`, a comma-separated list of them, or
+            `dns:///<headless service>:<port>` for every address the name resolves to.
+        model_config_uri: the models.config every replica reads (local or `gs://`); written here.
         predictions_path: the evaluation's predictions.jsonl; its photos are the smoke photos and
             its predicted labels the reference.
         smoke_photos: more known photos to send (only compared with the in-process SavedModel).
@@ -161,7 +189,8 @@ def deploy_model(
         What was deployed.
 
     Raises:
-        StepError: anything failed; the previous version is still serving and still `stable`.
+        StepError: anything failed (on any replica); the previous version is still serving and
+            still `stable` on all of them.
     """
     serving = config.serving
     if not serving.model_base_path:
@@ -179,45 +208,55 @@ def deploy_model(
             f"but serving.model_base_path is {serving.model_base_path}: make them the same"
         )
 
-    with _admin(server, config) as admin, tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
-        previous = _stable_version(model, admin.states())
+    with _replicas(server, config) as replicas, tempfile.TemporaryDirectory(prefix="deploy-") as tmp:
+        previous = _stable_version(model, replicas.available())
         pinned = _pinned(original, name, previous)
         kept = set(model_config.find_model(pinned, name).model_version_policy.specific.versions)
-        known = [*admin.known_versions(), *admin.known_versions(canary)]
+        known = [*replicas.known_versions(), *replicas.known_versions(canary)]
         version = next_version(serving.model_base_path, original, name, known)
         version_uri = store.version_uri(serving.model_base_path, version)
         expected = load_expected(predictions_path, max_smoke_photos) if predictions_path else []
         photos = [storage.read_bytes(e["uri"]) for e in expected] + [Path(p).read_bytes() for p in smoke_photos]
         saved_model = registry.download_export(registry_version, Path(tmp) / "saved_model")
         promoting = {version} if previous is None else {previous, version}
+        deploying = Progress("deploying", 4, "stages")
         try:
-            _apply(admin, model_config_uri, pinned)
+            _apply(replicas, model_config_uri, pinned)
             _remove_leftover_candidates(original, pinned, name, serving.model_base_path)
             store.record_published(serving.model_base_path, version)
             store.publish_version_dir(saved_model, version_uri)
             log.info(
                 "published registry version %s as serving version %d at %s", registry_version, version, version_uri
             )
+            deploying.update(1, f"version {version} published, loading")
             # A server answers a config that adds a model once its versions have loaded.
             candidate = model_config.with_routing(pinned, name, serving=kept, stable=previous, candidate=version)
-            _apply(admin, model_config_uri, candidate, timeout_s)
-            admin.wait_available(version, timeout_s, canary)
-            with PredictionClient(
-                server,
-                canary,
-                version=version,
-                timeout_s=serving.request_timeout_s,
-                max_message_bytes=serving.max_message_mb * 1024 * 1024,
-            ) as client:
-                smoke = smoke_check(client, saved_model, photos, expected, min_agreement)
-            # Verified: the main entry may load it. A label may only point at a loaded version, so
-            # `stable` moves in a second push, once the main entry reports it AVAILABLE.
-            _apply(admin, model_config_uri, model_config.with_routing(pinned, name, promoting, stable=previous))
-            admin.wait_available(version, timeout_s)
-            _apply(admin, model_config_uri, model_config.with_routing(pinned, name, promoting, stable=version))
+            _apply(replicas, model_config_uri, candidate, timeout_s)
+            replicas.wait_available(version, timeout_s, canary)
+            deploying.update(2, f"version {version} loaded, smoke check")
+            # Run in-process once the replicas have loaded it, so a broken SavedModel fails with their reason.
+            reference = reference_outputs(saved_model, photos)
+            checks = []
+            for target in replicas.targets:
+                with PredictionClient(
+                    target,
+                    canary,
+                    version=version,
+                    timeout_s=serving.request_timeout_s,
+                    max_message_bytes=serving.max_message_mb * 1024 * 1024,
+                ) as client:
+                    checks.append(smoke_check(client, reference, photos, expected, min_agreement))
+            deploying.update(3, f"version {version} verified, moving stable")
+            # Verified on every replica: the main entry may load it. A label may only point at a
+            # loaded version, so `stable` moves in a second push, once every replica reports it AVAILABLE.
+            _apply(replicas, model_config_uri, model_config.with_routing(pinned, name, promoting, stable=previous))
+            replicas.wait_available(version, timeout_s)
+            _apply(replicas, model_config_uri, model_config.with_routing(pinned, name, promoting, stable=version))
+            _wait_routed(replicas, version, timeout_s)
+            deploying.finish()
         except Exception as err:
             # Whatever went wrong, the unverified version must not stay published.
-            _restore(admin, model_config_uri, pinned)
+            _restore(replicas, model_config_uri, pinned)
             store.remove_version_dir(version_uri)
             if not isinstance(err, StepError | storage.StorageError | grpc.RpcError):
                 raise
@@ -227,8 +266,13 @@ def deploy_model(
     # The endpoint now serves the new version as `stable`; the registry follows.
     registry.set_tag(registry_version, TAG_SERVING_VERSION, str(version))
     registry.promote(registry_version)
-    log.info("serving version %d (registry %s) is stable and champion", version, registry_version)
-    return DeployResult(registry_version, version, previous, smoke)
+    log.info(
+        "serving version %d (registry %s) is stable and champion on %d replicas",
+        version,
+        registry_version,
+        len(replicas.targets),
+    )
+    return DeployResult(registry_version, version, previous, _worst(checks), replicas.targets)
 
 
 def rollback_model(
@@ -237,10 +281,11 @@ def rollback_model(
     """Move `stable` and `champion` back to the version the current champion replaced, and unload the current one.
 
     The main entry ends up serving only that version, so requests that name no version or label
-    are answered by it too (TF Serving gives them the highest loaded version).
+    are answered by it too (TF Serving gives them the highest loaded version). Every replica of
+    `server` (as for `deploy_model`) must answer with it before the alias moves.
 
     Raises:
-        StepError: nothing to roll back to, or the endpoint cannot serve the previous version;
+        StepError: nothing to roll back to, or a replica cannot serve the previous version;
             then neither the label nor the alias has moved.
     """
     serving = config.serving
@@ -262,23 +307,23 @@ def rollback_model(
     model = model_config.find_model(original, name)
     stable = int(model.version_labels[STABLE_LABEL]) if STABLE_LABEL in model.version_labels else None
     rolled_back = model_config.with_routing(original, name, serving={target}, stable=target)
-    with _admin(server, config) as admin:
+    with _replicas(server, config) as replicas:
         try:
-            states = admin.states()
-            if states.get(target) != "AVAILABLE":
+            if target not in replicas.available():
                 # Loaded beside the current `stable`, which keeps the label until it is AVAILABLE.
                 loading = {target} | ({stable} if stable is not None else set())
-                _apply(admin, model_config_uri, model_config.with_routing(original, name, loading, stable=stable))
-                admin.wait_available(target, timeout_s)
-            _apply(admin, model_config_uri, rolled_back)
+                _apply(replicas, model_config_uri, model_config.with_routing(original, name, loading, stable=stable))
+                replicas.wait_available(target, timeout_s)
+            _apply(replicas, model_config_uri, rolled_back)
             # Until the others have unloaded, a higher one still takes the requests that name no version.
-            admin.wait_unloaded(set(states) - {target}, timeout_s)
-        except StepError as err:
-            _restore(admin, model_config_uri, original)
+            replicas.wait_unloaded(set(replicas.known_versions()) - {target}, timeout_s)
+            _wait_routed(replicas, target, timeout_s)
+        except (StepError, storage.StorageError) as err:
+            _restore(replicas, model_config_uri, original)
             raise StepError(
                 f"rollback to serving version {target} failed, version {stable} still serves: {err}"
             ) from err
     _remove_leftover_candidates(original, rolled_back, name, serving.model_base_path)
     registry.rollback()
     log.info("rolled back: serving version %d (registry %s) is stable and champion", target, previous)
-    return DeployResult(str(previous), target, stable)
+    return DeployResult(str(previous), target, stable, replicas=replicas.targets)

@@ -24,8 +24,9 @@ def _round(x: float) -> float:
 def prediction_records(evaluation: Evaluation, image_uris: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """One JSON-ready record per test product, in the order of the test split.
 
-    `pred_category`/`pred_subcategory` are each level's arg-max, what the served model answers;
-    `joint_category`/`joint_subcategory` the hierarchy-aware pair. `correct` follows the
+    `pred_category`/`pred_subcategory` are each level's arg-max (the served `*_independent`
+    outputs); `joint_category`/`joint_subcategory` the hierarchy-aware pair, what the served
+    `category`/`subcategory` answer. `correct` follows the
     configured decoding. `attribute_scores` holds the true, the predicted and each group's
     highest-scoring values.
     """

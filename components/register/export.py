@@ -5,6 +5,12 @@ PNG, any size, RGB, greyscale or with alpha) and does inside the graph what the 
 before training: decode to RGB, fit to the stored size with the same pad/stretch policy, then
 runs the Keras model and turns its scores into named outputs with the label strings built in.
 Clients need no vocabulary file and no preprocessing code of their own.
+
+The category tree goes into the graph too, as a constant mask of the allowed (category,
+sub-category) pairs: the served `category`/`subcategory` are the allowed pair with the highest
+p(category) * p(sub-category), the same joint decoding the evaluate step scores
+(`components.evaluate.metrics.joint_decode`), so an answer never names a pair the catalogue lacks.
+Each level's own arg-max stays available under the `*_independent` outputs.
 """
 
 from __future__ import annotations
@@ -170,6 +176,49 @@ def fit_image(image: Any, height: int, width: int, resize_mode: str, pad_color: 
     return tf.cond(same, lambda: tf.reshape(image, [height, width, 3]), _resize)
 
 
+def allowed_mask(schema: LabelSchema) -> Any:
+    """Boolean [category, sub-category] matrix of the pairs the schema's category tree allows.
+
+    A schema without a tree allows every pair, so joint decoding is then each level's own arg-max
+    (as the evaluate step's decoding does without a tree).
+    """
+    import numpy as np
+
+    mask = np.zeros((len(schema.categories), len(schema.subcategories)), dtype=bool)
+    for cat, sub in schema.allowed_pairs():
+        mask[cat, sub] = True
+    if not mask.any():
+        mask[:] = True
+    return mask
+
+
+def joint_decode_tensor(category_p: Any, subcategory_p: Any, allowed: Any) -> tuple[Any, Any, Any]:
+    """The allowed (category, sub-category) pair with the highest p(category) * p(sub-category), per row.
+
+    The graph twin of `components.evaluate.metrics.joint_decode`: the product is taken in float64
+    as numpy does, and ties go to the first pair in row-major order (numpy's `argmax` over the
+    allowed pairs in `nonzero` order), so both pick the same pair for the same probabilities.
+
+    Args:
+        category_p: [batch, categories] probabilities.
+        subcategory_p: [batch, sub-categories] probabilities.
+        allowed: boolean [categories, sub-categories] mask with at least one True (`allowed_mask`).
+
+    Returns:
+        (category index, sub-category index, joint score) per row: int64, int64, float32.
+    """
+    import tensorflow as tf
+
+    allowed = tf.convert_to_tensor(allowed, tf.bool)
+    num_sub = tf.shape(allowed, out_type=tf.int64)[1]
+    joint = tf.cast(category_p, tf.float64)[:, :, None] * tf.cast(subcategory_p, tf.float64)[:, None, :]
+    # Probabilities are never negative, so -1 puts every pair the tree forbids below every allowed one.
+    masked = tf.where(allowed[None], joint, tf.constant(-1.0, tf.float64))
+    flat = tf.reshape(masked, [-1, tf.size(allowed)])
+    best = tf.argmax(flat, axis=-1, output_type=tf.int64)
+    return best // num_sub, best % num_sub, tf.cast(tf.reduce_max(flat, axis=-1), tf.float32)
+
+
 def build_serving_module(
     model: Any,
     schema: LabelSchema,
@@ -185,6 +234,8 @@ def build_serving_module(
         resize_mode: `pad` or `stretch` (config.preprocess.resize_mode).
         pad_color: RGB canvas colour for `pad` (config.preprocess.pad_color).
         max_pixels: photos declaring more pixels are refused before decoding (config.serving.max_image_pixels).
+            The schema's category tree becomes a constant of the graph (`allowed_mask`) that the
+            served pair is decoded over.
     """
     import tensorflow as tf
 
@@ -202,6 +253,8 @@ def build_serving_module(
             self.categories = tf.Variable(schema.categories, trainable=False, name="categories")
             self.subcategories = tf.Variable(schema.subcategories, trainable=False, name="subcategories")
             self.attributes = tf.Variable(schema.attributes, trainable=False, name="attributes")
+            # A constant of the graph, [category, sub-category]: the tree the served pair is decoded over.
+            self.allowed_pairs = tf.constant(allowed_mask(schema))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=sig.INPUT_KEY)])
         def serve(self, image_bytes: Any) -> dict[str, Any]:
@@ -223,11 +276,17 @@ def build_serving_module(
 
             cat_p, sub_p, attr_p = tf.cond(tf.size(image_bytes) > 0, _predict, _empty)
             order = tf.argsort(attr_p, axis=-1, direction="DESCENDING", stable=True)
+            cat, sub, joint_score = joint_decode_tensor(cat_p, sub_p, self.allowed_pairs)
             return {
-                sig.CATEGORY: tf.gather(self.categories, tf.argmax(cat_p, axis=-1)),
-                sig.CATEGORY_SCORE: tf.reduce_max(cat_p, axis=-1),
-                sig.SUBCATEGORY: tf.gather(self.subcategories, tf.argmax(sub_p, axis=-1)),
-                sig.SUBCATEGORY_SCORE: tf.reduce_max(sub_p, axis=-1),
+                sig.CATEGORY: tf.gather(self.categories, cat),
+                sig.CATEGORY_SCORE: tf.gather(cat_p, cat, batch_dims=1),
+                sig.SUBCATEGORY: tf.gather(self.subcategories, sub),
+                sig.SUBCATEGORY_SCORE: tf.gather(sub_p, sub, batch_dims=1),
+                sig.JOINT_SCORE: joint_score,
+                sig.CATEGORY_INDEPENDENT: tf.gather(self.categories, tf.argmax(cat_p, axis=-1)),
+                sig.CATEGORY_INDEPENDENT_SCORE: tf.reduce_max(cat_p, axis=-1),
+                sig.SUBCATEGORY_INDEPENDENT: tf.gather(self.subcategories, tf.argmax(sub_p, axis=-1)),
+                sig.SUBCATEGORY_INDEPENDENT_SCORE: tf.reduce_max(sub_p, axis=-1),
                 sig.CATEGORY_PROBABILITIES: cat_p,
                 sig.SUBCATEGORY_PROBABILITIES: sub_p,
                 sig.ATTRIBUTE_PROBABILITIES: attr_p,

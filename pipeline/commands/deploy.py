@@ -8,9 +8,13 @@ import json
 
 def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags shared by deploy and rollback: the endpoint, its config file and the registry."""
-    parser.add_argument("--server", help="gRPC host:port of the endpoint (default serving.host:serving.grpc_port)")
     parser.add_argument(
-        "--model_config_file", required=True, help="the models.config the server reads (local or gs://)"
+        "--server",
+        help="the endpoint's replicas: gRPC host:port, a comma-separated list of them, or dns:///NAME:PORT for "
+        "every address NAME resolves to, e.g. a Kubernetes headless service (default serving.host:serving.grpc_port)",
+    )
+    parser.add_argument(
+        "--model_config_file", required=True, help="the models.config every replica reads (local or gs://)"
     )
     parser.add_argument("--model_base_path", help="where versions are published (default serving.model_base_path)")
     parser.add_argument("--model_name", help="served model name (default serving.model_name)")
@@ -37,10 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "deploy",
         help="publish the MLflow challenger to the endpoint, verify it, move `stable` and `champion`",
-        description="Publish the challenger's SavedModel as the next version, load it as `<model>-canary` until the "
-        "server reports it AVAILABLE, compare smoke predictions with the evaluation's, then serve it under the model's "
-        "name and move the `stable` label and the MLflow `champion` alias. Until then, requests that name no version "
-        "get the previous version; on any failure it keeps serving.",
+        description="Publish the challenger's SavedModel as the next version, load it as `<model>-canary` until "
+        "every replica reports it AVAILABLE, compare smoke predictions with the evaluation's on each replica, then "
+        "serve it under the model's name and move the `stable` label and the MLflow `champion` alias. Until then, "
+        "requests that name no version get the previous version; on any failure it keeps serving everywhere.",
     )
     add_endpoint_arguments(parser)
     parser.add_argument("--predictions", help="the evaluation's predictions.jsonl (smoke photos and reference labels)")

@@ -14,7 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="predict category, sub-category and attributes of photos via the gRPC endpoint",
         description="Send each photo to the serving endpoint (TF Serving PredictionService) and print one "
-        "JSON object per photo: category, sub-category, attributes and their scores.",
+        "JSON object per photo: category, sub-category, attributes and their scores. The category and "
+        "sub-category are the best pair the model's category tree allows; each level's own arg-max follows "
+        "as category_independent and subcategory_independent.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
     parser.add_argument("--server", help="gRPC host:port (default serving.host:serving.grpc_port)")

@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rollback",
         help="serve the previous champion again: move `stable` and `champion` back",
         description="Point the endpoint's `stable` label at the version the current champion replaced (loading it "
-        "again if needed) and unload the current one, so requests that name no version get it too, then move the "
-        "MLflow `champion` alias back.",
+        "again if needed) and unload the current one on every replica, so requests that name no version get it too, "
+        "then move the MLflow `champion` alias back.",
     )
     add_endpoint_arguments(parser)
     add_config_arguments(parser)
