@@ -8,12 +8,15 @@ The model is the `demo` preset's network with random weights (same graph and cos
 Against the same server processes, REST clients (`--rest-concurrency`, 32 by default) post the
 same photos as `{"instances": [{"b64": ...}]}`, once opening a new connection per request and once
 over kept-alive connections; any failed request (a connection reset included) counts as an error.
+gRPC at the REST concurrency is measured again right after the REST runs, and REST is compared with
+the mean of the two gRPC runs that bracket it, so load from other jobs that comes or goes during a
+run weighs on both sides alike.
 
     .venv/bin/python -m bench.serving --seconds 10
 
 Last line: a JSON object with "ratio" = served throughput at the highest concurrency (batching
 on) / in-process throughput at the same concurrency, and "rest_ratio" = REST (kept alive, batching
-on) / gRPC (batching on) at the REST concurrency.
+on) / gRPC (batching on, the mean of the bracketing runs) at the REST concurrency.
 """
 
 from __future__ import annotations
@@ -134,8 +137,8 @@ def served(
     batching: bool,
     log: Path,
     rest_concurrency: int,
-) -> tuple[list[dict], dict[str, dict]]:
-    """Measure gRPC at each level, then REST (new connection per request, kept alive) at `rest_concurrency`."""
+) -> tuple[list[dict], dict[str, dict], dict]:
+    """Measure gRPC at each level, REST (new connection, kept alive) at `rest_concurrency`, then gRPC there again."""
     from serving.client import PredictionClient
 
     args = ["--preset=demo", f"--model_base_path={base}", "--model_name=fashion", f"--enable_batching={batching}"]
@@ -162,9 +165,8 @@ def served(
                 rest_concurrency,
                 seconds,
             )
-        if rest_concurrency not in levels:
-            results.append(closed_loop(make_caller, rest_concurrency, seconds))
-    return results, rest
+        grpc_after_rest = closed_loop(make_caller, rest_concurrency, seconds)
+    return results, rest, grpc_after_rest
 
 
 def _row(label: str, r: dict) -> str:
@@ -196,10 +198,10 @@ def main() -> None:
         model = f"{config.model.backbone}, width {config.model.width_multiplier}"
         print(f"model: demo preset ({model}), one photo per request")
         base = in_process(version_dir, photos, levels, args.seconds)
-        plain, plain_rest = served(
+        plain, plain_rest, plain_after = served(
             tmp / "base", photos, levels, args.seconds, False, tmp / "plain.log", args.rest_concurrency
         )
-        batched, batched_rest = served(
+        batched, batched_rest, batched_after = served(
             tmp / "base", photos, levels, args.seconds, True, tmp / "batched.log", args.rest_concurrency
         )
         print(f"load average at the end: {os.getloadavg()[0]:.1f}")
@@ -208,14 +210,24 @@ def main() -> None:
             print(_row(label, r))
     for mode, r in plain_rest.items():
         print(_row(f"served REST {mode}, no batching", r))
+    print(_row("served gRPC after REST, no batching", plain_after))
     for r in batched:
         print(_row("served gRPC, batching", r))
     for mode, r in batched_rest.items():
         print(_row(f"served REST {mode}, batching", r))
+    print(_row("served gRPC after REST, batching", batched_after))
     n = args.rest_concurrency
+
+    def grpc_rps(rows: list[dict], after: dict) -> float:
+        before = [r["throughput"] for r in rows if r["concurrency"] == n]
+        return float(np.mean([*before, after["throughput"]]))
+
     rest_ratios = {
-        f"{mode}, {label}": round(rest[mode]["throughput"] / _at(grpc_rows, n)["throughput"], 3)
-        for label, grpc_rows, rest in (("no batching", plain, plain_rest), ("batching", batched, batched_rest))
+        f"{mode}, {label}": round(rest[mode]["throughput"] / grpc_rps(grpc_rows, after), 3)
+        for label, grpc_rows, rest, after in (
+            ("no batching", plain, plain_rest, plain_after),
+            ("batching", batched, batched_rest, batched_after),
+        )
         for mode in rest
     }
     for key, value in rest_ratios.items():
@@ -233,7 +245,7 @@ def main() -> None:
                 "rest_concurrency": n,
                 "rest_ratio": rest_ratios["keep-alive, batching"],
                 "rest_ratios": rest_ratios,
-                "errors": sum(r["errors"] for r in plain + batched),
+                "errors": sum(r["errors"] for r in [*plain, *batched, plain_after, batched_after]),
                 "rest_errors": sum(r["errors"] for r in [*plain_rest.values(), *batched_rest.values()]),
             }
         )

@@ -4,6 +4,8 @@ Each task (one request's inputs) joins the open batch; a batch is closed when it
 `max_batch_size` or its oldest task has waited `batch_timeout_micros`, and batch threads run the
 closed batches. At most `max_enqueued_batches` batches wait; a task that would need another one
 is refused at once with UNAVAILABLE, so a burst cannot grow memory or latency without bound.
+A task whose deadline passes (or whose caller stopped waiting) before its batch runs is dropped
+from the batch with DEADLINE_EXCEEDED: nobody waits for its answer, so it costs no computation.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import grpc
 import numpy as np
 
 from serving.server.config import BatchingParameters
-from serving.server.errors import ServingError, invalid_argument, unavailable
+from serving.server.errors import ServingError, deadline_exceeded, invalid_argument, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +58,14 @@ def _detached(err: Exception) -> Exception:
 
 
 class _Task:
-    __slots__ = ("inputs", "size", "future", "enqueued")
+    __slots__ = ("inputs", "size", "future", "enqueued", "deadline")
 
-    def __init__(self, inputs: Mapping[str, np.ndarray], size: int):
+    def __init__(self, inputs: Mapping[str, np.ndarray], size: int, deadline: float | None):
         self.inputs = inputs
         self.size = size
         self.future: Future = Future()
         self.enqueued = time.monotonic()
+        self.deadline = deadline
 
 
 class _Batch:
@@ -92,12 +95,20 @@ class BatchScheduler:
         for t in self._threads:
             t.start()
 
-    def schedule(self, inputs: Mapping[str, np.ndarray]) -> Future:
-        """Queue one request's inputs; the future resolves to its outputs or a ServingError."""
+    def schedule(self, inputs: Mapping[str, np.ndarray], deadline: float | None = None) -> Future:
+        """Queue one request's inputs; the future resolves to its outputs or a ServingError.
+
+        Args:
+            inputs: one request's input arrays.
+            deadline: `time.monotonic()` after which the answer is of no use; a task still queued then is
+                dropped, and cancelling the future drops it as well.
+        """
         size = task_size(inputs)
         if size > self._max:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size {self._max}")
-        task = _Task(inputs, size)
+        if deadline is not None and deadline <= time.monotonic():
+            raise deadline_exceeded()
+        task = _Task(inputs, size, deadline)
         with self._cond:
             if self._stopping:
                 raise unavailable("The batch scheduler is shutting down")
@@ -136,7 +147,21 @@ class BatchScheduler:
             self._process(batch)
 
     def _process(self, batch: _Batch) -> None:
-        self._run_tasks(batch.tasks)
+        now = time.monotonic()
+        live = []
+        for t in batch.tasks:
+            # Marks the future running, so it can no longer be cancelled; False: it already was.
+            if not t.future.set_running_or_notify_cancel():
+                continue
+            if t.deadline is not None and t.deadline <= now:
+                t.future.set_exception(deadline_exceeded())
+                continue
+            live.append(t)
+        dropped = len(batch.tasks) - len(live)
+        if dropped:
+            log.debug("batch of %d tasks: %d dropped, past their deadline", len(batch.tasks), dropped)
+        if live:
+            self._run_tasks(live)
 
     def _run_tasks(self, tasks: list[_Task]) -> None:
         """Run `tasks` as one merged batch and resolve their futures.

@@ -60,6 +60,11 @@ def failed_precondition(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
+def deadline_exceeded(message: str = "Deadline Exceeded") -> ServingError:
+    """DEADLINE_EXCEEDED: the client's deadline passed before the request could be computed."""
+    return ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+
+
 def unavailable(message: str) -> ServingError:
     """UNAVAILABLE: try again later (full queue, shutting down)."""
     return ServingError(grpc.StatusCode.UNAVAILABLE, message)

@@ -6,6 +6,7 @@ gRPC and REST decode their wire formats into these calls and encode the results;
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from serving import contract as sig
-from serving.server.errors import ServingError, invalid_argument
+from serving.server.errors import deadline_exceeded, invalid_argument
 from serving.server.manager import ModelManager
 from serving.server.servable import CLASSIFY_METHOD, INIT_OP_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD
 
@@ -57,11 +58,17 @@ def predict(
     output_filter: Sequence[str] = (),
     timeout_s: float | None = None,
 ) -> PredictResult:
-    """Run a Predict request on the version the spec resolves to."""
-    import concurrent.futures
+    """Run a Predict request on the version the spec resolves to.
 
+    `timeout_s` is what is left of the client's deadline (gRPC) or the REST timeout: a request that
+    arrives past it answers DEADLINE_EXCEEDED without running the model, and one whose deadline
+    passes while it waits for a batch is dropped from that batch.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
     if not spec.name:
         raise invalid_argument("Missing ModelSpec")
+    if timeout_s is not None and timeout_s <= 0:
+        raise deadline_exceeded()
     with manager.servable(spec.name, spec.version, spec.label) as servable:
         signature = servable.signature(spec.signature_name)
         if signature.method_name != PREDICT_METHOD:
@@ -69,17 +76,8 @@ def predict(
                 f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}}}. "
                 f"Was: {signature.method_name}"
             )
-        try:
-            outputs = servable.predict(spec.signature_name, inputs, output_filter, timeout_s)
-        except concurrent.futures.TimeoutError as err:
-            raise ServingError(_deadline(), "Deadline Exceeded") from err
+        outputs = servable.predict(spec.signature_name, inputs, output_filter, deadline)
         return PredictResult(servable.version, spec.signature_name or sig.SIGNATURE_NAME, outputs)
-
-
-def _deadline() -> Any:
-    import grpc
-
-    return grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def check_method(manager: ModelManager, spec: Spec, method: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from core import storage
 from serving import contract as sig
 from serving.server.batching import BatchScheduler, task_size
 from serving.server.config import BatchingParameters
-from serving.server.errors import ServingError, failed_precondition, invalid_argument
+from serving.server.errors import ServingError, deadline_exceeded, failed_precondition, invalid_argument
 
 log = logging.getLogger(__name__)
 
@@ -198,17 +200,35 @@ class Servable:
         signature_name: str,
         inputs: Mapping[str, np.ndarray],
         output_filter: Sequence[str] = (),
-        timeout_s: float | None = None,
+        deadline: float | None = None,
     ) -> dict[str, np.ndarray]:
-        """Check, run (through the batch scheduler when batching is on) and filter the outputs."""
+        """Check, run (through the batch scheduler when batching is on) and filter the outputs.
+
+        Args:
+            signature_name: the signature (empty: serving_default).
+            inputs: input alias -> array.
+            output_filter: the outputs to return (empty: all).
+            deadline: `time.monotonic()` after which the caller no longer waits: a request past it is
+                not computed, and one still queued for a batch then is dropped from it.
+
+        Raises:
+            ServingError: DEADLINE_EXCEEDED once the deadline has passed, or the request's own error.
+        """
         self.check_inputs(signature_name, inputs, output_filter)
         key = signature_name or sig.SIGNATURE_NAME
+        if deadline is not None and deadline <= time.monotonic():
+            raise deadline_exceeded()
         if self._batching is None:
             outputs = self.run(key, inputs)
         else:
             task_size(inputs)
-            future = self._scheduler(key).schedule(inputs)
-            outputs = future.result(timeout=timeout_s)
+            future = self._scheduler(key).schedule(inputs, deadline)
+            try:
+                outputs = future.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except concurrent.futures.TimeoutError as err:
+                # A task whose batch has not started yet is dropped from it.
+                future.cancel()
+                raise deadline_exceeded() from err
         if output_filter:
             outputs = {k: v for k, v in outputs.items() if k in set(output_filter)}
         return outputs
