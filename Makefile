@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 SHARED_ZIP ?= ../shared/data/fashion-product-images-small.zip
 PYTEST_ARGS ?=
-# Quieter TensorFlow C++ start-up logs in every step subprocess (set 0 to see them).
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The console shows each step's start, end, progress and the summary; everything the libraries print
+# goes to one log file per step (the summary names the folder). V=1 shows everything live (`fashion -v`).
+V ?=
 
 .DEFAULT_GOAL := help
 
@@ -26,8 +27,8 @@ $(STAMP): requirements.lock requirements-test.lock pyproject.toml
 
 setup: $(STAMP) ## Create/refresh the virtual environment (idempotent)
 
-run: setup ## Run the main job end to end on the bundled demo data
-	$(FASHION) run --preset demo --workdir $(WORKDIR)
+run: setup ## Run the main job end to end on the bundled demo data (V=1: every library's output live)
+	$(FASHION)$(if $(V), -v) run --preset demo --workdir $(WORKDIR)
 
 test: setup ## Install and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -42,17 +43,24 @@ lint: setup ## Ruff lint (docstrings included)
 bench-ingest: setup ## Benchmark ingestion on the full shared zip
 	$(PY) bench/ingest.py --source $(SHARED_ZIP)
 
-bench-preprocess: setup ## Benchmark preprocessing: plain loop vs Beam on 1 and 2 workers (10,000 shared photos)
+bench-preprocess: setup ## Benchmark preprocessing: plain loop vs Beam on 1 and 2 workers (the whole shared catalogue)
 	$(PY) bench/preprocess.py
 
 bench-serving: setup ## Benchmark: served gRPC throughput/latency vs the SavedModel in-process
 	$(PY) -m bench.serving --seconds 10
+
+.PHONY: bench-serving-limits
+bench-serving-limits: setup ## Benchmark: the 20000x20000 PNG bomb vs a normal photo, latency and server memory (gRPC, REST)
+	$(PY) -m bench.serving_limits --requests 20
 
 bench-train: setup ## cpu-full accuracy, unified vs independent heads (DATA=preprocess output of the full set)
 	$(PY) -m bench.train_cpu_full --data $(DATA) --out runs/bench-train
 
 bench-compare-heads: setup ## Paired test of unified vs independent heads (DATA=..., RUN=bench-train output folder)
 	$(PY) -m bench.compare_heads --data $(DATA) --pair $(RUN)/unified $(RUN)/independent
+
+bench-train-throughput: setup ## Benchmark: cpu-full training images/s, float32 vs mixed bfloat16, XLA, threads
+	$(PY) bench/train_throughput.py
 
 bench-train-input: setup ## Training input pipeline vs training-step throughput (DATA=...)
 	$(PY) -m bench.train_input --data $(DATA)
@@ -98,5 +106,5 @@ compile: setup ## Compile the pipeline to pipeline.yaml for Kubeflow (PRESET=, C
 clean: ## Remove run outputs (keeps the virtual environment)
 	rm -rf runs .pytest_cache
 
-.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-input \
+.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-throughput bench-train-input \
 	bench-gpu-train bench-evaluate bench-compare-heads train evaluate serve mlflow-ui images compile clean

@@ -8,13 +8,14 @@ labels, write sorted TFRecord shards) and must write byte-identical shards:
   (c) `resize_images` on two worker processes (FnApiRunner, multi_processing).
 
 Beam timings are end to end, as a user waits for them: pipeline construction, worker start-up
-(each worker process imports TensorFlow for `make_example`) and the final statistics. The baseline
-runs twice (before and after the Beam runs) and its mean is used, to soften load drift on a shared
-machine. CPU-s is the CPU time of this process and its worker processes: the cost of the work
-apart from waiting for a shared CPU. Prints images/s for each and b/a, c/a; the last line is
-JSON with "ratio" = c/a.
+and the final statistics. Start-up is also measured apart: the same runner and workers on a
+pipeline of a few trivial elements. The baseline runs twice (before and after the Beam runs) and
+its mean is used, to soften load drift on a shared machine. CPU-s is the CPU time of this process
+and its worker processes: the cost of the work apart from waiting for a shared CPU. Prints
+images/s for each, b/a and c/a, photos per second per core, and a Dataflow cost projection per
+million photos from (b)'s CPU time per photo; the last line is JSON with "ratio" = c/a.
 
-    .venv/bin/python bench/preprocess.py [--count 10000] [--source ZIP] [--work-dir DIR]
+    .venv/bin/python bench/preprocess.py [--count N (default: the whole catalogue)] [--source ZIP]
 """
 
 from __future__ import annotations
@@ -48,15 +49,21 @@ from core.labels import LabelSchema
 from core.storage import StorageError, read_bytes
 
 REPO = Path(__file__).resolve().parents[1]
+# Dataflow batch list prices, us-central1 (per vCPU-hour and GB-hour), on n1-standard-4 workers
+# (4 vCPU, 15 GB); persistent disk and Shuffle are left out (this job shuffles a few MB of rows).
+DATAFLOW_WORKER = "n1-standard-4"
+DATAFLOW_VCPU_HOUR = 0.056
+DATAFLOW_GB_HOUR = 0.003557
+DATAFLOW_GB_PER_VCPU = 15 / 4
 DEFAULT_ZIP = REPO.parent / "shared" / "data" / "fashion-product-images-small.zip"
 
 
-def prepare(source_zip: Path, count: int, work: Path, config) -> Path:
-    """The first `count` catalogue rows (by id) with their photos, ingested; reused when already there."""
-    ingest_dir = work / f"ingest-{count}"
+def prepare(source_zip: Path, count: int | None, work: Path, config) -> Path:
+    """The first `count` catalogue rows (by id, all when None) with their photos, ingested; reused when there."""
+    ingest_dir = work / f"ingest-{count or 'all'}"
     if (ingest_dir / "manifest.csv").is_file():
         return ingest_dir
-    catalogue = work / f"catalogue-{count}"
+    catalogue = work / f"catalogue-{count or 'all'}"
     shutil.rmtree(catalogue, ignore_errors=True)
     (catalogue / "images").mkdir(parents=True)
     with zipfile.ZipFile(source_zip) as zf:
@@ -117,6 +124,16 @@ def plain_loop(manifest_dir: Path, out_dir: Path, config) -> int:
     return written
 
 
+def empty_pipeline(config) -> None:
+    """The runner and workers of `config` on a few trivial elements: their start-up alone."""
+    import apache_beam as beam
+
+    from components.preprocess.options import pipeline_options
+
+    with beam.Pipeline(options=pipeline_options(None, config)) as p:
+        _ = p | beam.Create(range(8)) | beam.Reshuffle() | beam.Map(lambda x: x) | beam.combiners.Count.Globally()
+
+
 def shard_bytes(out_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out_dir.glob("*.tfrecord*"))}
 
@@ -128,7 +145,7 @@ def load() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_ZIP, help="the shared catalogue zip")
-    parser.add_argument("--count", type=int, default=10_000, help="catalogue rows to process (>= 10000)")
+    parser.add_argument("--count", type=int, default=None, help="catalogue rows to process (default: all)")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/fashion-bench-preprocess"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -142,18 +159,26 @@ def main() -> None:
         rows = sum(1 for _ in fh) - 1
     print(f"manifest: {rows} photos ({manifest_dir}); CPUs: {os.cpu_count()}")
 
-    # Warm the baseline's imports (TensorFlow for make_example) outside its timing.
+    # Warm the baseline's imports (the record's message class) outside its timing.
     records.make_example(b"", "jpeg", "0", 0, 0, [0], (1, 1))
 
     def cpu() -> float:
         t = os.times()
         return t.user + t.system + t.children_user + t.children_system
 
+    def timed_cpu(fn):
+        start, cpu_start = time.perf_counter(), cpu()
+        fn()
+        return time.perf_counter() - start, cpu() - cpu_start
+
+    cpu_used = {}
+
     def timed(name, fn):
         before = load()
         start, cpu_start = time.perf_counter(), cpu()
         count = fn()
         seconds, cpu_seconds = time.perf_counter() - start, cpu() - cpu_start
+        cpu_used[name[:3]] = cpu_seconds
         print(
             f"{name:<38} {count:>6} records {seconds:7.2f} s {count / seconds:7.0f} images/s "
             f"{cpu_seconds:6.1f} CPU-s ({before})"
@@ -161,6 +186,7 @@ def main() -> None:
         return count, seconds
 
     runs = {}
+    startup = {}
     runs["a1"] = timed("(a) plain loop", lambda: plain_loop(manifest_dir, work / "out-a", config))
     for key, workers, mode in (("b", 1, "in_memory"), ("c", 2, "multi_processing")):
         cfg = load_config(
@@ -171,6 +197,8 @@ def main() -> None:
             },
         )
         label = f"({key}) Beam, {workers} worker{'s' if workers > 1 else ''} ({mode})"
+        startup[key] = timed_cpu(lambda cfg=cfg: empty_pipeline(cfg))
+        print(f"    start-up of its runner and workers alone: {startup[key][0]:.2f} s, {startup[key][1]:.1f} CPU-s")
         runs[key] = timed(
             label, lambda cfg=cfg, key=key: resize_images(str(manifest_dir), str(work / f"out-{key}"), cfg).records
         )
@@ -181,7 +209,18 @@ def main() -> None:
     reference = shard_bytes(work / "out-a")
     identical = all(shard_bytes(work / f"out-{k}") == reference for k in ("b", "c"))
     b_a, c_a = rate["b"] / rate["a"], rate["c"] / rate["a"]
-    print(f"baseline mean {a_seconds:.2f} s; b/a = {b_a:.2f} (aim >= 0.7); c/a = {c_a:.2f} (aim >= 1.3)")
+    cores = os.cpu_count() or 1
+    per_core = {"a": rate["a"], "b": rate["b"], "c": rate["c"] / min(2, cores)}
+    # (b)'s CPU per photo without its start-up: what a Dataflow worker spends on each photo.
+    cpu_per_photo = max(cpu_used["(b)"] - startup["b"][1], 0.0) / runs["b"][0]
+    vcpu_hours = cpu_per_photo * 1e6 / 3600
+    dollars = vcpu_hours * (DATAFLOW_VCPU_HOUR + DATAFLOW_GB_PER_VCPU * DATAFLOW_GB_HOUR)
+    print(f"baseline mean {a_seconds:.2f} s; b/a = {b_a:.2f} (aim >= 0.9); c/a = {c_a:.2f} (aim >= 1.3)")
+    print("photos/s per core: " + ", ".join(f"({k}) {v:.0f}" for k, v in per_core.items()))
+    print(
+        f"Dataflow projection: {cpu_per_photo * 1e3:.3f} CPU-ms per photo -> {vcpu_hours:.2f} vCPU-h and "
+        f"${dollars:.2f} per million photos on {DATAFLOW_WORKER} at list prices (us-central1)"
+    )
     print(f"shards identical across a, b, c: {identical}")
     print(
         json.dumps(
@@ -192,6 +231,9 @@ def main() -> None:
                 "images_per_s": {k: round(v, 1) for k, v in rate.items()},
                 "seconds": {k: round(v[1], 2) for k, v in runs.items()},
                 "identical_shards": identical,
+                "startup_seconds": {k: round(v[0], 2) for k, v in startup.items()},
+                "photos_per_s_per_core": {k: round(v, 1) for k, v in per_core.items()},
+                "dataflow_usd_per_million": round(dollars, 2),
                 "cpus": os.cpu_count(),
             }
         )

@@ -42,6 +42,8 @@ TRAIN_STATE = "state.json"
 # one `state.json` names stays whole while the next epoch's upload is under way.
 CHECKPOINT_SLOTS = ("slot-0", "slot-1")
 MODEL_FOLDER_FILES = (MODEL, MODEL_CONFIG, LABELS, HISTORY, CONFIG)
+# The MLflow run training opened (its id, experiment and pipeline run); evaluate and register continue it.
+MLFLOW_RUN = "mlflow_run.json"
 
 # evaluate
 METRICS = "metrics.json"

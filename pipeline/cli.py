@@ -3,22 +3,29 @@
 Each command module exposes `register(subparsers)`, which adds its parser and sets
 `handler=fn(args, config) -> int`. Configuration is resolved here, at the edge: preset ->
 `--config` YAML -> `--set section.field=value` overrides -> the command's own flags.
+
+What reaches the console is decided here too (`pipeline.console`): a command's results, its live
+progress and the project's warnings; the libraries' output goes to the command's log file, or to
+one per step for `fashion run`. `-v` shows everything live.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from core.config import PRESETS, Config, ConfigError, load_config, parse_overrides
 from core.errors import StepError
 from core.secrets import install_log_redaction, redact
 from core.storage import StorageError
+from pipeline.console import DEFAULT_LOG_DIR, Console, command_log_path, command_output, logging_to
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str | None = None) -> None:
@@ -106,7 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fashion",
         description="Fashion product categorisation and attribute extraction: a Kubeflow pipeline.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything live: every log record (debug included) and the libraries' own output",
+    )
+    parser.add_argument(
+        "--log-dir",
+        help=f"where the log files go (default: {DEFAULT_LOG_DIR}; `run`: each run's folder, one file per step)",
+    )
     parser.add_argument("--version", action=_VersionAction)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
@@ -115,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"pipeline.commands.{info.name}")
         module.register(subparsers)
+    for command in subparsers.choices.values():
+        # After the command too (`fashion serve --log-dir=...`), as a process that starts one writes it.
+        command.add_argument("--log-dir", default=argparse.SUPPRESS, help="where the log files go (see `fashion -h`)")
     return parser
 
 
@@ -152,7 +171,35 @@ EXIT_OK = 0  # done: the model was blessed, registered or deployed as asked
 EXIT_FAILED = 1  # a step or the command failed; the message says why
 EXIT_USAGE = 2  # bad flags or settings (argparse uses 2 as well)
 EXIT_GATE_REJECTED = 3  # the gate did not bless the model: nothing was registered or deployed
+EXIT_UNCHANGED = 4  # `fashion run`: catalogue and settings are the champion's, nothing was trained (--force retrains)
 EXIT_INTERRUPTED = 130  # Ctrl-C
+
+
+# Commands that run a step's work in this process: their records and the libraries' stderr go to a
+# log file (`pipeline.console.command_output`), whose path is their last line on stderr.
+LOGGED_COMMANDS = ("ingest", "preprocess", "train", "evaluate", "register", "deploy", "rollback", "serve")
+# Commands whose own INFO records are their output, as a server's log is; a logged one names its log first.
+SERVER_COMMANDS = ("serve", "mlflow-ui")
+
+
+def quiet_libraries() -> None:
+    """Ask the libraries that install their own console handlers to log through the root logger instead.
+
+    MLflow writes its records to stderr through a handler of its own unless told not to; through
+    the root logger they reach the log file like every other library's. Set in this process's
+    environment, so the step processes a local run starts inherit it.
+    """
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+
+
+def _output(args: argparse.Namespace, console: Console, log_path: Path | None) -> contextlib.AbstractContextManager:
+    """Where the command's records and the libraries' output go (see `pipeline.console`)."""
+    if args.command == "run":
+        return contextlib.nullcontext()  # `fashion run` keeps one log per step (pipeline.local.logs)
+    server = args.command in SERVER_COMMANDS
+    if log_path is not None:
+        return command_output(console, log_path, args.verbose, show_info=server)
+    return logging_to(console, None, args.verbose, show_info=server)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,30 +207,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     install_log_redaction()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    quiet_libraries()
+    # `fashion run`'s step lines and summary are its output; other commands print results on stdout
+    # and keep progress and warnings on stderr, so their stdout pipes cleanly (JSON, paths).
+    console = Console(sys.stdout if args.command == "run" else "stderr")
+    args.console = console
+    log_path = command_log_path(args.command, args.log_dir) if args.command in LOGGED_COMMANDS else None
+    logged = f" (log: {log_path})" if log_path is not None else ""
+    server = args.command in SERVER_COMMANDS
     try:
-        return int(args.handler(args) or 0)
+        with _output(args, console, log_path):
+            if log_path is not None and server:
+                console.line(f"log: {log_path} (the libraries' own output)")
+            code = int(args.handler(args) or 0)
+        if log_path is not None and not server:
+            print(f"log: {log_path}", file=sys.stderr)
+        return code
     except ConfigError as err:
         print(f"fashion {args.command}: invalid configuration: {redact(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except (StepError, StorageError) as err:
-        print(f"fashion {args.command}: {redact(str(err))}", file=sys.stderr)
+        print(f"fashion {args.command}: {redact(str(err))}{logged}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as err:
         # A file-system refusal the step did not foresee (a parent that is a file, no permission):
         # one line with the path, not a traceback.
         where = f" {err.filename}" if err.filename else ""
         print(
-            f"fashion {args.command}: cannot use{where}: {err.strerror or err}; check the path and its permissions",
+            f"fashion {args.command}: cannot use{where}: {err.strerror or err}; check the path and its permissions"
+            f"{logged}",
             file=sys.stderr,
         )
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"fashion {args.command}: interrupted", file=sys.stderr)
+        print(f"fashion {args.command}: interrupted{logged}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

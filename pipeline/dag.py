@@ -1,7 +1,9 @@
 """The one factory that builds the Kubeflow pipeline; `fashion run`, `compile`, `submit` and `schedule` all call it.
 
 ingest -> preprocess (Beam) -> train -> evaluate -> if blessed: register (MLflow) -> deploy
-(publish, verify the live endpoint, then promote). Resources, images, caching and retries come
+(publish, verify the live endpoint, then promote). Train skips a catalogue and settings the champion
+was already trained on (evaluate then blesses nothing); evaluate scores the champion on the same
+test photos as the new model. Resources, images, caching and retries come
 from `config.pipeline`; everything a user changes per run is a pipeline parameter.
 No `from __future__ import annotations` here: kfp reads the pipeline's parameter types.
 """
@@ -71,7 +73,15 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None, checkpoin
 
         # A build-time constant: KFP's driver resolves no pipeline-root placeholder in a task's parameters.
         train = steps["train_model"](
-            preset=preset, overrides=overrides, checkpoint_root=checkpoints, examples=preprocess.outputs["examples"]
+            preset=preset,
+            overrides=overrides,
+            checkpoint_root=checkpoints,
+            examples=preprocess.outputs["examples"],
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            # The champion's training catalogue is compared with this one's ids and labels before training.
+            manifest=ingest.outputs["manifest"],
+            model_name=model_name,
         )
         train.set_caching_options(enable_caching=False)
         train.set_cpu_request(resources.train_cpu).set_memory_request(resources.train_memory)
@@ -88,7 +98,7 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None, checkpoin
             model=train.outputs["model"],
             examples=preprocess.outputs["examples"],
         )
-        # The gate compares against the live champion, which changes between runs.
+        # The gate scores the live champion on the same test photos, and the champion changes between runs.
         evaluate.set_caching_options(enable_caching=False)
 
         with dsl.If(evaluate.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a kfp condition)

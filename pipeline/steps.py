@@ -4,7 +4,8 @@ A step body imports inside itself (it runs in its own process, in the image name
 `config.pipeline`), rebuilds the run's Config from the pipeline parameters, makes one call into
 `components.<step>` and records what came out as typed artifacts with metadata. No paths travel
 between steps as strings: each step writes into its output artifact's folder and the next one
-reads its input artifact's.
+reads its input artifact's. Each body first calls `report_progress`, so the progress of its long
+work reaches the local runner's console (or, on a cluster, the step's log) as it goes.
 
 This module deliberately does not use `from __future__ import annotations`: kfp reads the
 artifact annotations of these functions as real types.
@@ -20,9 +21,11 @@ def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Outpu
     """Check and label the catalogue at `source_uri`; the manifest folder is the output Dataset."""
     from components.ingest import step as ingest
     from core.retry import call_with_retries
+    from pipeline.console import report_progress
     from pipeline.metadata import describe_manifest, recording_failure
     from pipeline.params import step_config
 
+    report_progress()
     with recording_failure(manifest):
         config = step_config(preset, overrides, source_uri=source_uri)
         retry = config.pipeline
@@ -46,9 +49,11 @@ def resize_images(
     """
     from components.preprocess import step as preprocess
     from core.retry import call_with_retries
+    from pipeline.console import report_progress
     from pipeline.metadata import describe_examples, recording_failure
     from pipeline.params import step_config
 
+    report_progress()
     with recording_failure(examples):
         config = step_config(preset, overrides)
         retry = config.pipeline
@@ -62,22 +67,46 @@ def resize_images(
 
 
 def train_model(
-    preset: str, overrides: dict, examples: Input[Dataset], model: Output[Model], checkpoint_root: str = ""
+    preset: str,
+    overrides: dict,
+    model_name: str,
+    examples: Input[Dataset],
+    manifest: Input[Dataset],
+    model: Output[Model],
+    checkpoint_root: str = "",
+    mlflow_tracking_uri: str = "",
+    pipeline_run_id: str = "",
 ):
     """Train the unified network on the shards; the model folder is the output Model.
 
     Checkpoints go under `checkpoint_root` (the pipeline root's `checkpoints/`) in a folder named by
     the examples and the settings, not into this run's output: a re-run of a killed run resumes there.
+    The pipeline run's MLflow run opens here and takes every epoch live; the model folder names it.
+    A catalogue (the manifest's ids and labels) and settings the champion was trained on are not
+    trained again: the folder then holds `unchanged.json`, and the artifact's `unchanged` says why.
     """
     from components.train import step as trainer
+    from pipeline.console import report_progress
     from pipeline.metadata import describe_model, recording_failure
     from pipeline.params import step_config
 
+    report_progress()
     with recording_failure(model):
-        config = step_config(preset, overrides)
-        result = trainer.train_model(examples.path, model.path, config, checkpoint_root=checkpoint_root)
+        config = step_config(preset, overrides, mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name)
+        result = trainer.train_model(
+            examples.path,
+            model.path,
+            config,
+            checkpoint_root=checkpoint_root,
+            pipeline_run_id=pipeline_run_id,
+            manifest_uri=manifest.path,
+        )
         model.metadata.update(describe_model(result, config))
         model.metadata["checkpoint_uri"] = result.checkpoint_uri
+        model.metadata["mlflow_run_id"] = result.mlflow_run_id
+        model.metadata["unchanged"] = result.unchanged
+        model.metadata["catalogue_changes"] = result.changes
+        model.metadata["warm_start"] = result.warm_start.get("description", "") or "scratch"
 
 
 def evaluate_model(
@@ -94,23 +123,23 @@ def evaluate_model(
     report: Output[HTML],
     summary: Output[Markdown],
 ) -> bool:
-    """Score the model on the test split and decide the gate against the floors and the serving champion.
+    """Score the model and the serving champion on the same test photos; decide the gate against the floors and it.
 
     Returns the gate's `blessed` as the step's single output: kfp.local (2.17) resolves a `dsl.If`
-    condition only on a task's single `Output`, not on a named output. The reason is on the
-    `evaluation` artifact's metadata.
+    condition only on a task's single `Output`, not on a named output. The reason, the champion's
+    gated metrics and the catalogue drift are on the `evaluation` artifact's metadata.
     """
     from components import evaluate
-    from components.register import Registry
+    from pipeline.console import report_progress
     from pipeline.metadata import record_evaluation, recording_failure
     from pipeline.params import step_config
 
+    report_progress()
     with recording_failure(evaluation):
         config = step_config(
             preset, overrides, gate_floors=gate_floors, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri
         )
-        champion = Registry.from_config(config).champion_metrics()
-        result = evaluate.evaluate_model(model.path, examples.path, evaluation.path, config, champion_metrics=champion)
+        result = evaluate.evaluate_against_champion(model.path, examples.path, evaluation.path, config)
         return record_evaluation(result, evaluation, metrics, confusion, report, summary)
 
 
@@ -128,9 +157,11 @@ def register_model(
     """Export the SavedModel, track the run in MLflow and register the version as the `challenger`."""
     from components import register
     from core.retry import call_with_retries
+    from pipeline.console import report_progress
     from pipeline.metadata import describe_registration, recording_failure
     from pipeline.params import step_config
 
+    report_progress()
     with recording_failure(saved_model):
         config = step_config(preset, overrides, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri)
         retry = config.pipeline
@@ -163,10 +194,12 @@ def deploy_model(
     from components.register import Registry
     from core import layouts
     from core.retry import call_with_retries
+    from pipeline.console import report_progress
     from pipeline.metadata import describe_deployment, recording_failure
     from pipeline.params import step_config
     from serving.model_config import model_config_uri
 
+    report_progress()
     with recording_failure(deployment):
         config = step_config(
             preset,

@@ -15,6 +15,16 @@ DEMO_DIR = REPO / "data" / "demo"
 SAMPLES_DIR = REPO / "data" / "samples"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def command_logs_in_a_temporary_folder(tmp_path_factory):
+    """The log file every in-process `fashion` command writes goes under the test session's temporary folder."""
+    from pipeline import console
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(console, "DEFAULT_LOG_DIR", str(tmp_path_factory.mktemp("command-logs")))
+        yield
+
+
 
 
 @pytest.fixture(scope="session")

@@ -54,18 +54,18 @@ def test_progress_follows_kfp_locals_log_lines():
     assert "\x1b" not in "".join(echoed)  # progress lines carry no terminal colour codes
 
 
-def test_a_failed_steps_own_error_line_is_kept_and_the_input_dump_is_not_shown():
+def test_a_failed_steps_own_error_line_is_kept_and_verbose_shows_all_but_the_input_dump():
     tracker = StepTracker(lambda _: None)
     tracker.current = "ingest-images"
     terminal = io.StringIO()
-    tee = Tee(terminal, tracker)
+    tee = Tee(terminal, tracker, verbose=True)
     tee.write('    [KFP Executor 2026 INFO]: Got executor_input:\n    {\n        "inputs": {}\n    }\n')
     tee.write('    Traceback (most recent call last):\n      File "x.py", line 1\n')
     tee.write("    core.errors.StepError: source /x.zip is neither a folder, a .zip archive nor a gs")
     tee.write(":// URI\n")
     tee.drain()
     shown = terminal.getvalue()
-    assert "Got executor_input: (not shown)" in shown and '"inputs"' not in shown
+    assert "Got executor_input: (not shown" in shown and '"inputs"' not in shown
     assert "Traceback" in shown
     assert tee.error_message("ingest-images") == (
         "StepError: source /x.zip is neither a folder, a .zip archive nor a gs:// URI"

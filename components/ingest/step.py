@@ -21,6 +21,7 @@ from core import layouts
 from core.config import Config
 from core.errors import StepError
 from core.labels import LabelSchema, assign_split, build_schema
+from core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +147,12 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
     rows = [r for r in rows if r["id"] in source.images]
     images_without_row = sorted(set(source.images) - seen, key=_id_key)
 
-    def _progress(done: int, total: int, seconds: float) -> None:
-        log.info("checked %d/%d photos (%.0f photos/s)", done, total, done / max(seconds, 1e-9))
-
     uris = [source.images[r["id"]] for r in rows]
+    checking = Progress("checking photos", len(uris), "photos")
+
+    def _progress(done: int, total: int, seconds: float) -> None:
+        checking.update(done, f"{done / max(seconds, 1e-9):.0f} photos/s")
+
     if source.zip_path:
         log.info("extracting and checking %d photos from %s into %s", len(uris), source.zip_path, out / "images")
         checks = extract_and_check(
@@ -164,6 +167,7 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
         checks = check_images(
             uris, min_side=config.data.min_image_side, workers=config.data.validation_workers, progress=_progress
         )
+    checking.finish()
     corrupt = {r["id"]: c.error for r, c in zip(rows, checks, strict=True) if not c.ok}
     rows = [r for r in rows if r["id"] not in corrupt]
 

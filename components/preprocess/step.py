@@ -9,6 +9,7 @@ Every manifest row ends up in exactly one of the two: records written + rejected
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import Counter
@@ -21,6 +22,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from components.preprocess.options import is_local, pipeline_options
+from components.preprocess.progress import watching
 from components.preprocess.stats import CountLabels, class_weights
 from components.preprocess.transforms import (
     LABELS,
@@ -169,15 +171,16 @@ def build_pipeline(
     schema: LabelSchema,
     out_dir: str,
     config: Config,
+    progress_dir: str = "",
 ) -> None:
-    """Add the whole preprocess graph to `pipeline` (run it with `pipeline.run()`)."""
+    """Add the whole preprocess graph to `pipeline` (run it with `pipeline.run()`).
+
+    `progress_dir`: a folder the workers count processed photos in (`progress.watching`); '' for none.
+    """
     pre = config.preprocess
     lines = (
         pipeline
         | "ReadManifest" >> beam.io.ReadFromText(manifest_uri, skip_header_lines=1)
-        # A single small file is one bundle; redistributing the rows is what lets more than one
-        # worker process photos.
-        | "Redistribute" >> beam.Reshuffle()
     )
     rows = lines | "CountRows" >> (beam.Filter(lambda line: bool(line.strip())) | beam.combiners.Count.Globally())
     parsed = lines | "ParseManifest" >> ParseManifestRows(header, schema.sizes)
@@ -195,7 +198,9 @@ def build_pipeline(
         pre.jpeg_quality,
         len(schema.attributes),
     )
-    processed = parsed[OK] | "ProcessPhotos" >> ProcessPhotos(processor, pre.num_shards, split_sizes)
+    processed = parsed[OK] | "ProcessPhotos" >> ProcessPhotos(
+        processor, pre.num_shards, split_sizes, progress_dir=progress_dir
+    )
     rejects = (parsed[REJECTED], processed[REJECTED]) | "AllRejects" >> beam.Flatten()
     shards = processed[OK] | "WriteShards" >> WriteShards(out_dir, pre.num_shards, pre.compression, split_sizes)
     counts = processed[LABELS] | "CountLabels" >> beam.CombineGlobally(CountLabels(schema.sizes))
@@ -211,6 +216,26 @@ def build_pipeline(
             beam.pvalue.AsSingleton(rows),
         )
     )
+
+
+def count_rows(manifest_uri: str) -> int:
+    """Rows of a manifest.csv (header excluded, quoted line breaks read as one row)."""
+    import csv
+    import io
+
+    with FileSystems.open(manifest_uri) as fh:
+        reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig", newline=""))
+        return max(0, sum(1 for row in reader if row) - 1)
+
+
+@contextlib.contextmanager
+def _photo_progress(manifest_uri: str, beam_args: list[str] | None) -> Iterator[str]:
+    """Live progress of the photos a local run processes (`progress.watching`); '' on a remote runner."""
+    if not is_local(beam_args):
+        yield ""
+        return
+    with watching(count_rows(manifest_uri)) as folder:
+        yield folder
 
 
 def resize_images(
@@ -250,8 +275,9 @@ def resize_images(
     storage.write_bytes(storage.join(out_dir, layouts.CONFIG), config.to_yaml().encode())
 
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, manifest_uri, header, schema, out_dir, config)
-    pipeline.run().wait_until_finish()
+    with _photo_progress(manifest_uri, beam_args) as progress_dir:
+        build_pipeline(pipeline, manifest_uri, header, schema, out_dir, config, progress_dir)
+        pipeline.run().wait_until_finish()
 
     stats_uri = storage.join(out_dir, layouts.STATS)
     stats = json.loads(storage.read_bytes(stats_uri))

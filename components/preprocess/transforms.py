@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
+from components.preprocess.progress import PhotoCounter
 from components.preprocess.stats import LabelRecord
 from components.preprocess.tfrecord import write_records
 from core import records
@@ -230,9 +231,10 @@ def _reject(item: ImageItem, stage: str, err: Exception) -> dict[str, str]:
 
 
 class _ProcessBatchFn(beam.DoFn):
-    def __init__(self, processor: PhotoProcessor, num_shards: int):
+    def __init__(self, processor: PhotoProcessor, num_shards: int, progress_dir: str = ""):
         self._processor = processor
         self._num_shards = num_shards
+        self._counter = PhotoCounter(progress_dir) if progress_dir else None
 
     def process(self, batch: list[ImageItem], split_sizes: Mapping[str, int]) -> Iterator[Any]:
         by_shard: dict[tuple[str, int, int], list[tuple[str, bytes]]] = {}
@@ -244,6 +246,8 @@ class _ProcessBatchFn(beam.DoFn):
             total = shard_count(split_sizes[out.split], self._num_shards)
             by_shard.setdefault((out.split, shard_index(out.id, total), total), []).append((out.id, out.payload))
             yield TaggedOutput(LABELS, out.labels)
+        if self._counter is not None:
+            self._counter.add(len(batch))
         yield from by_shard.items()
 
 
@@ -260,11 +264,19 @@ class ProcessPhotos(beam.PTransform):
         num_shards: shards per split; 0 picks one per `RECORDS_PER_SHARD` records.
         split_sizes: PCollection of (split, manifest rows).
         batch_size: photos per DoFn call.
+        progress_dir: a folder the workers count processed photos in (`progress.watching`); '' for none.
     """
 
-    def __init__(self, processor: PhotoProcessor, num_shards: int, split_sizes, batch_size: int = BATCH_SIZE):
+    def __init__(
+        self,
+        processor: PhotoProcessor,
+        num_shards: int,
+        split_sizes,
+        batch_size: int = BATCH_SIZE,
+        progress_dir: str = "",
+    ):
         super().__init__()
-        self._fn = _ProcessBatchFn(processor, num_shards)
+        self._fn = _ProcessBatchFn(processor, num_shards, progress_dir)
         self._split_sizes = split_sizes
         self._batch_size = batch_size
 
@@ -273,6 +285,9 @@ class ProcessPhotos(beam.PTransform):
         return (
             items
             | "Batch" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
+            # A small manifest is one bundle; redistributing its batches (not each row: that
+            # costs a tenth of the work) is what lets more than one worker process photos.
+            | "Redistribute" >> beam.Reshuffle()
             | "Process"
             >> beam.ParDo(self._fn, beam.pvalue.AsDict(self._split_sizes)).with_outputs(REJECTED, LABELS, main=OK)
         )

@@ -84,7 +84,7 @@ def check_reachable(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> No
     Raises:
         StepError: the server does not answer, or the SQLite file's folder does not exist.
     """
-    if tracking_uri.startswith(("http://", "https://")):
+    if is_server(tracking_uri):
         url = tracking_uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout_s):
@@ -106,7 +106,13 @@ def check_reachable(tracking_uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> No
             )
 
 
-def _backend_exceptions() -> tuple[type[BaseException], ...]:
+def is_server(tracking_uri: str) -> bool:
+    """Whether the store is a tracking server (`http(s)://`) rather than a database the client opens itself."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def backend_exceptions() -> tuple[type[BaseException], ...]:
+    """The exception types a call to a backend raises when it fails: MLflow, HTTP, GCS, database, files."""
     import requests
     from google.api_core import exceptions as gcs_exceptions
     from mlflow.exceptions import MlflowException
@@ -122,7 +128,7 @@ def backend_errors(uri: str, action: str) -> Iterator[None]:
         yield
     except StepError:
         raise
-    except _backend_exceptions() as err:
+    except backend_exceptions() as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StepError(f"MLflow at {uri}: could not {action}: {message}") from err
 

@@ -6,11 +6,16 @@
   can move `champion` back, step by step. No registry stages are used.
 
 Every version is a pyfunc model whose `data/saved_model` folder is the TF Serving SavedModel;
-`download_export` fetches exactly that folder for the deploy step.
+`download_export` fetches exactly that folder for the deploy step. A version is linked to the
+run's logged model the way the MLflow 3 UI reads the link: the model's `mlflow.modelVersions` tag
+lists its versions (the model shows as registered), and on a tracking server the version's source
+is `models:/<model_id>` (the version's page links its source model); its `model_id` tag names the
+model on every store.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -23,6 +28,7 @@ from components.register.backend import (
     backend_errors,
     is_already_exists,
     is_not_found,
+    is_server,
     make_client,
     resolve_backend,
 )
@@ -38,6 +44,9 @@ CHALLENGER = "challenger"
 TAG_PREVIOUS_CHAMPION = "previous_champion"
 TAG_PROMOTED_AT = "promoted_at"
 TAG_ROLLED_BACK = "rolled_back"
+TAG_MODEL_ID = "model_id"
+# The logged model's list of its registered versions, which the MLflow 3 UI reads (mlflow.utils.mlflow_tags).
+TAG_MODEL_VERSIONS = "mlflow.modelVersions"
 
 
 class Registry:
@@ -154,13 +163,14 @@ class Registry:
                 ).model_id
             logged = self._client.get_logged_model(model_id)
             self._ensure_registered_model()
-            # The logged model's own location (not `models:/<id>`): the SQL registry would resolve
-            # a `models:/` source through MLflow's process-wide default URI, not this one.
+            # A server resolves `models:/<id>` in its own store and links the model to the version
+            # itself. An embedded SQL registry would resolve it through MLflow's process-wide default
+            # URI, not this one: there the source is the model's own location, and the link is made below.
             version = self._client.create_model_version(
                 self.model_name,
-                source=logged.artifact_location,
+                source=f"models:/{model_id}" if is_server(self.tracking_uri) else logged.artifact_location,
                 run_id=run_id,
-                tags={TAG_PIPELINE_RUN: pipeline_run_id},
+                tags={TAG_PIPELINE_RUN: pipeline_run_id, TAG_MODEL_ID: model_id},
                 description=description,
                 model_id=model_id,
             )
@@ -173,23 +183,48 @@ class Registry:
                     self.model_name,
                     version.version,
                 )
-                self._delete_version_quietly(version.version)
+                self._delete_version_quietly(version.version, model_id)
                 return first, False
             try:
+                self._link_model(model_id, version.version)
                 retry_store_race(
                     lambda: self._client.set_registered_model_alias(self.model_name, CHALLENGER, version.version),
                     f"point {CHALLENGER} at version {version.version} of {self.model_name!r}",
                     first_delay_s=0.05,
                 )
             except BaseException:
-                self._delete_version_quietly(version.version)
+                self._delete_version_quietly(version.version, model_id)
                 raise
         log.info("registered %s version %s (%s)", self.model_name, version.version, CHALLENGER)
         return str(version.version), True
 
-    def _delete_version_quietly(self, version: str) -> None:
+    def _model_versions_of(self, model_id: str) -> list[dict[str, Any]]:
+        listed = self._client.get_logged_model(model_id).tags.get(TAG_MODEL_VERSIONS)
+        try:
+            entries = json.loads(listed) if listed else []
+        except ValueError:
+            entries = []
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+    def _link_model(self, model_id: str, version: str | int) -> None:
+        """List `version` in the logged model's `mlflow.modelVersions` (a server has done so already)."""
+        entries = self._model_versions_of(model_id)
+        # The shape MLflow writes (the version as a number), so its own de-duplication recognises it.
+        entry = {"name": self.model_name, "version": int(version)}
+        if entry not in entries:
+            self._client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: json.dumps([*entries, entry])})
+
+    def _unlink_model(self, model_id: str, version: str | int) -> None:
+        entries = self._model_versions_of(model_id)
+        kept = [e for e in entries if (e.get("name"), str(e.get("version"))) != (self.model_name, str(version))]
+        if kept != entries:
+            self._client.set_logged_model_tags(model_id, {TAG_MODEL_VERSIONS: json.dumps(kept)})
+
+    def _delete_version_quietly(self, version: str, model_id: str | None = None) -> None:
         try:
             self._client.delete_model_version(self.model_name, str(version))
+            if model_id is not None:
+                self._unlink_model(model_id, version)
         except Exception as err:  # cleanup after a failure must not hide the original error
             log.warning("could not delete the half-registered version %s: %s", version, err)
 

@@ -1,4 +1,8 @@
-"""The register step: export the SavedModel, record the run in MLflow, make it the `challenger` version."""
+"""The register step: export the SavedModel, complete the run's MLflow record, make it the `challenger` version.
+
+The MLflow run is the one the train step opened (the model folder's `mlflow_run.json`), ended here
+once the version is registered; a model folder that names none is logged as a whole run now.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from components.register import model_package
-from components.register.backend import check_reachable, resolve_backend, sqlite_path
+from components.register.backend import backend_errors, check_reachable, resolve_backend, sqlite_path
 from components.register.coordination import pipeline_run_lock, retry_store_race
 from components.register.registry import CHALLENGER, Registry
-from components.register.tracking import TrackedRun, check_pipeline_run_id, read_gate, track_training_run
+from components.register.tracking import (
+    TrackedRun,
+    check_pipeline_run_id,
+    end_run,
+    end_run_quietly,
+    read_gate,
+    track_training_run,
+)
 from core.config import Config
 from core.errors import StepError
 
@@ -84,7 +95,7 @@ def register_model(
     photos: Sequence[bytes | str | Path] = (),
     require_blessed: bool = True,
 ) -> RegistrationResult:
-    """Track a trained, evaluated model in MLflow and register its SavedModel as the `challenger`.
+    """Complete a trained, evaluated model's MLflow run and register its SavedModel as the `challenger`.
 
     Args:
         model_dir: the trainer's folder (docs/ARTIFACTS.md).
@@ -142,14 +153,26 @@ def register_model(
                 photos=photos,
                 exclusive=exclusive,
             )
-            if not register:
-                return tracked, None, tracked.created
-            version, made = registry.find_or_register(
-                tracked.run_id, pipeline_run_id=pipeline_run_id, model_id=tracked.model_id, export_dir=saved_model_dir
-            )
+            version, made = None, False
+            try:
+                if register:
+                    version, made = registry.find_or_register(
+                        tracked.run_id,
+                        pipeline_run_id=pipeline_run_id,
+                        model_id=tracked.model_id,
+                        export_dir=saved_model_dir,
+                    )
+                if tracked.open:  # the run training opened ends with its registration
+                    with backend_errors(backend.tracking_uri, f"end MLflow run {tracked.run_id}"):
+                        end_run(registry.client, tracked.run_id, "FINISHED")
+            except BaseException:
+                if tracked.open:
+                    end_run_quietly(registry.client, tracked.run_id, "FAILED")
+                raise
             return tracked, version, tracked.created or made
 
-    # Safe to repeat: an attempt that failed left nothing behind, and one that got far finds its own work.
+    # Safe to repeat: an attempt that failed left nothing behind (or the run training opened, marked
+    # FAILED, which the next attempt continues), and one that got far finds its own work.
     tracked, version, created = retry_store_race(track_and_register, f"register pipeline run {pipeline_run_id}")
     if not register:
         log.warning(

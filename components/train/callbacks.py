@@ -1,4 +1,4 @@
-"""The Keras callbacks of training: per-epoch checkpoints and the resume state, batch-norm recalibration, scalars.
+"""The Keras callbacks of training: per-epoch checkpoints and resume state, batch-norm recalibration, scalars, progress.
 
 A checkpoint folder holds `last.keras` (model and optimiser after the last completed epoch),
 `best.weights.h5` (the best validation epoch's weights) and `state.json` (completed epochs, history,
@@ -27,6 +27,7 @@ from core import layouts, storage
 from core.config import Config
 from core.errors import StepError
 from core.labels import SPLITS
+from core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +229,62 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 err,
                 self.state["epochs_done"] - 1,
             )
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """Live progress of training as `core.progress` updates: batches done of all epochs left, the epoch, the loss.
+
+    One task over every batch this `fit` runs, so the time left is the whole training's (the rate
+    includes validation and checkpointing). The note names the epoch, the running loss and the last
+    epoch's validation accuracy. It replaces Keras's own progress output (`fit(verbose=0)`), which
+    would show every epoch a second time next to `EpochCheckpoint`'s line in the log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._progress: Progress | None = None
+        self._epoch = 0
+        self._done = 0
+        self._last = ""
+
+    def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+        """Start the task: (epochs left) x (steps per epoch) batches."""
+        self._done = 0
+        self._last = ""
+        self._progress = None
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        """Note the epoch; the first one of this `fit` sizes the task (a resumed fit starts past 0)."""
+        self._epoch = epoch
+        if self._progress is None:
+            steps, epochs = self.params.get("steps") or 0, self.params.get("epochs") or 0
+            self._progress = Progress("training", (epochs - epoch) * steps or None, "batches")
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
+        """Count the batch and show the running loss."""
+        self._done += 1
+        if self._progress is not None:
+            self._progress.update(self._done, self._note(logs))
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        """Keep the epoch's validation accuracy for the next epochs' notes."""
+        logs = logs or {}
+        shown = [f"{k} {float(logs[k]):.3f}" for k in ("val_loss", "val_category_accuracy") if k in logs]
+        self._last = f"epoch {epoch + 1}: " + ", ".join(shown) if shown else ""
+
+    def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+        """End the task (also after early stopping: the batches not run are not waited for)."""
+        if self._progress is not None:
+            self._progress.total = self._done
+            self._progress.finish(self._last)
+
+    def _note(self, logs: Mapping[str, float] | None) -> str:
+        parts = [f"epoch {self._epoch + 1}/{self.params.get('epochs', '?')}"]
+        if logs and "loss" in logs:
+            parts.append(f"loss {float(logs['loss']):.3f}")
+        if self._last:
+            parts.append(f"last {self._last}")
+        return ", ".join(parts)
 
 
 def _batchnorm_layers(layer: Any) -> list[Any]:

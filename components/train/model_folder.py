@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from components.train.data import split_size
 from core import layouts, records
 from core.config import Config
 from core.errors import StepError
 from core.labels import LabelSchema
+from core.progress import Progress
 
 
 def write_text_atomically(path: Path, text: str) -> None:
@@ -117,12 +119,15 @@ def predict_split(model: Any, data_dir: str | Path, split: str, batch_size: int 
     ids: list[np.ndarray] = []
     truth: dict[str, list[np.ndarray]] = {"category": [], "subcategory": [], "attributes": []}
     probs: dict[str, list[np.ndarray]] = {"category": [], "subcategory": [], "attributes": []}
+    predicting = Progress(f"predicting the {split} split", split_size(data_dir, split) or None, "products")
     for batch in ds.as_numpy_iterator():
         out = model(batch["image"], training=False)
         for key in probs:
             probs[key].append(np.asarray(out[key], dtype=np.float32))
             truth[key].append(np.asarray(batch[key], dtype=np.int64))
         ids.append(np.asarray([i.decode() for i in batch["id"]], dtype=object))
+        predicting.advance(len(ids[-1]))
+    predicting.finish()
     if not ids:
         raise StepError(f"the {split} split in {data_dir} is empty: nothing to predict")
     result: dict[str, np.ndarray] = {"ids": np.concatenate(ids).astype(str)}

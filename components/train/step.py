@@ -17,10 +17,9 @@ import contextlib
 import dataclasses
 import logging
 import random
-import sys
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,13 @@ from components.train.callbacks import (
     BatchNormRecalibration,
     EpochCheckpoint,
     ScalarLogger,
+    TrainingProgress,
     restore_checkpoint,
     resume_location,
     resume_state,
 )
 from components.train.devices import choose_precision, choose_strategy, strategy_scope
+from components.train.live_tracking import training_run
 from components.train.losses import build_losses
 from components.train.model import build_model
 from components.train.model_folder import write_model_folder
@@ -66,6 +67,7 @@ class TrainResult:
         history: per-epoch metrics, keyed by metric name.
         final_metrics: the best epoch's metrics.
         checkpoint_uri: where the checkpoints are kept (a local folder or a gs:// URI).
+        mlflow_run_id: the MLflow run that received the epochs live ('' when not tracked).
     """
 
     model_dir: Path
@@ -76,6 +78,7 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint_uri: str = ""
+    mlflow_run_id: str = ""
 
 
 def set_seeds(seed: int) -> None:
@@ -111,11 +114,6 @@ def _count_split(data_dir: str | Path, split: str) -> int:
     if n:
         return n
     return int(records.read_split(data_dir, split, decode=False).reduce(0, lambda c, _: c + 1).numpy())
-
-
-def _progress_verbosity() -> int | str:
-    """A live progress bar on a terminal, one line per epoch in logs."""
-    return 1 if sys.stdout.isatty() else 2
 
 
 def _summary(state: Mapping[str, Any], resumed_from: int) -> dict[str, Any]:
@@ -155,7 +153,9 @@ def _checkpoint_folder(
     return Path(location), ""
 
 
-def train_model(data_dir: str, out_dir: str, config: Config, checkpoint_root: str = "") -> TrainResult:
+def train_model(
+    data_dir: str, out_dir: str, config: Config, checkpoint_root: str = "", pipeline_run_id: str = ""
+) -> TrainResult:
     """Train the configured model on a preprocess output folder and write the model folder.
 
     Args:
@@ -166,6 +166,9 @@ def train_model(data_dir: str, out_dir: str, config: Config, checkpoint_root: st
         checkpoint_root: a local folder or gs:// URI to keep checkpoints under, in a folder named by
             the data and the settings (`resume_location`): training resumes from a checkpoint an
             earlier call on the same inputs left there, whatever its output folder.
+        pipeline_run_id: the pipeline run this training belongs to: its MLflow run opens now (in
+            `config.registry`'s store), takes every epoch's metrics as the epoch ends, and is named
+            in the model folder for the evaluate and register steps. Empty: not tracked.
 
     Returns:
         The model folder, epochs run, best epoch and history.
@@ -181,6 +184,7 @@ def train_model(data_dir: str, out_dir: str, config: Config, checkpoint_root: st
     # Made here, not by the checkpoints or the logs: they may live elsewhere, or training be over already.
     out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
+        tracked = stack.enter_context(training_run(out, data_dir, config, pipeline_run_id))
         checkpoint_dir, mirror_uri = _checkpoint_folder(stack, out, data_dir, config, checkpoint_root)
         checkpoint_uri = mirror_uri or str(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -190,10 +194,12 @@ def train_model(data_dir: str, out_dir: str, config: Config, checkpoint_root: st
             log.info("resuming training from epoch %d of %d: checkpoint %s", resumed_from, tc.epochs, checkpoint_uri)
         elif resumed_from:
             log.info("training finished earlier, after epoch %d: reusing checkpoint %s", resumed_from, checkpoint_uri)
+        tracked.log_history(state["history"])  # the epochs a resumed training starts after
         checkpointer = EpochCheckpoint(checkpoint_dir, tc.early_stopping_patience, state, mirror_uri=mirror_uri)
-        model = _fit(data_dir, out, config, stats, schema.sizes, image_size, checkpointer)
-    summary = _summary(state, resumed_from)
-    model_path = write_model_folder(out, model, config, schema, stats, image_size, summary)
+        model = _fit(data_dir, out, config, stats, schema.sizes, image_size, checkpointer, tracked.callbacks())
+        summary = _summary(state, resumed_from)
+        model_path = write_model_folder(out, model, config, schema, stats, image_size, summary)
+        tracked.finish(summary)
     log.info("model folder written to %s (best epoch %d of %d)", out, summary["best_epoch"], summary["epochs_run"])
     return TrainResult(
         model_dir=out,
@@ -204,6 +210,7 @@ def train_model(data_dir: str, out_dir: str, config: Config, checkpoint_root: st
         history=summary["history"],
         final_metrics=summary["best_metrics"],
         checkpoint_uri=checkpoint_uri,
+        mlflow_run_id=tracked.run_id,
     )
 
 
@@ -220,6 +227,7 @@ def _fit(
     sizes: Mapping[str, int],
     image_size: tuple[int, int],
     checkpointer: EpochCheckpoint,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> keras.Model:
     """Build the model or load `checkpointer`'s, train the epochs left, and return it with the best weights."""
     tc, mc = config.train, config.model
@@ -267,6 +275,8 @@ def _fit(
                 BatchNormRecalibration(clean, recal_batches),
                 checkpointer,
                 ScalarLogger(out / layouts.TRAIN_LOGS),
+                TrainingProgress(),
+                *extra_callbacks,
             ]
             with warnings.catch_warnings():
                 # The validation split is finite by design: Keras learns its length at the end of
@@ -279,7 +289,7 @@ def _fit(
                     initial_epoch=resumed_from,
                     steps_per_epoch=steps,
                     callbacks=callbacks,
-                    verbose=_progress_verbosity(),
+                    verbose=0,  # progress is TrainingProgress's; Keras's own would repeat each epoch's line
                     shuffle=False,  # the training dataset shuffles itself (train.shuffle_buffer)
                 )
         if (checkpoint_dir / layouts.BEST_WEIGHTS).is_file():

@@ -26,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-cache", action="store_true", help="re-run ingest and preprocess even if cached")
     parser.add_argument("--model-base-path", help="where versions are published (default: <workdir>/models)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: SQLite store in <workdir>/mlflow)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="retrain even when the catalogue and settings are those the champion was trained on "
+        "(otherwise such a run trains nothing and exits 4)",
+    )
     add_config_arguments(parser, default_preset="demo")
     parser.set_defaults(handler=run)
 
@@ -43,14 +49,28 @@ def run(args: argparse.Namespace) -> int:
             "data": {"source_uri": args.source},
             "registry": {"tracking_uri": args.mlflow_uri},
             "serving": {"model_base_path": args.model_base_path},
+            "train": {"skip_unchanged": False if args.force else None},
         },
     )
     workdir = Path(args.workdir or f"runs/{config.preset}")
-    result = run_and_serve(config, workdir, args.samples, use_cache=not args.no_cache)
-    print()
-    print(format_summary(result))
+    console = args.console
+    result = run_and_serve(
+        config,
+        workdir,
+        args.samples,
+        use_cache=not args.no_cache,
+        console=console,
+        verbose=args.verbose,
+        log_dir=args.log_dir,
+    )
+    console.line("")
+    console.line(format_summary(result))
     if not result.ok:
         raise StepError(result.error)
+    if result.artifact("train-model", "model").get("metadata", {}).get("unchanged"):
+        from pipeline.cli import EXIT_UNCHANGED
+
+        return EXIT_UNCHANGED
     if not result.blessed:
         from pipeline.cli import EXIT_GATE_REJECTED
 

@@ -60,6 +60,7 @@ class RunResult:
     prediction: dict[str, Any] | None = None
     prediction_error: str = ""
     pipeline_root_uri: str = ""
+    logs_dir: str = ""
 
     @property
     def blessed(self) -> bool:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from core.config import Config
 from core.errors import StepError
+from pipeline.console import Console, c_stderr_into, logging_to
+from pipeline.local.logs import RUN_LOG, RunLogs
 from pipeline.local.results import RunResult
-from pipeline.local.runner import local_config, run_pipeline
+from pipeline.local.runner import local_config, run_logs, run_pipeline
 from pipeline.local.server import ServerHandle, ensure_server, stop_server
 from serving import store
 
@@ -52,7 +56,9 @@ def run_and_serve(
     workdir: str | Path,
     samples_dir: str | Path,
     use_cache: bool = True,
-    echo: Callable[[str], None] = print,
+    console: Console | None = None,
+    verbose: bool = False,
+    log_dir: str | Path | None = None,
 ) -> RunResult:
     """`fashion run`: serve (or reuse the server), run the whole DAG locally, then ask the endpoint over gRPC.
 
@@ -60,25 +66,52 @@ def run_and_serve(
     a version; when a step fails, nothing is published and the server keeps the current champion,
     which then answers the prediction.
 
+    The console gets one line per step as it starts and ends and the steps' live progress; every
+    other line, of this process and of each step's, goes to the run's log files (`logs.RunLogs`:
+    `<run folder>/logs/`, or `log_dir`). With `verbose` every line is shown as well.
+
     Returns:
-        The run result with the server handle and the prediction of the `stable` version (or why
-        there is none: nothing deployed yet).
+        The run result with the server handle, the prediction of the `stable` version (or why
+        there is none: nothing deployed yet) and the folder of the logs.
     """
+    console = console or Console(sys.stdout)
+    with contextlib.ExitStack() as stack:
+        logs = stack.enter_context(run_logs(workdir, log_dir))
+        stack.enter_context(logging_to(console, logs.writer(RUN_LOG), verbose))
+        if not verbose:
+            # Library start-up lines this process writes below Python (gRPC's core, TensorFlow) go to run.log.
+            stderr = stack.enter_context(tempfile.NamedTemporaryFile(prefix="fashion-run-stderr-", suffix=".log"))
+            stack.callback(logs.append_file, RUN_LOG, Path(stderr.name))
+            stack.enter_context(c_stderr_into(stderr.name))
+        result = _run_and_serve(config, workdir, samples_dir, use_cache, console, logs, verbose)
+    result.logs_dir = str(logs.folder or "")
+    return result
+
+
+def _run_and_serve(
+    config: Config,
+    workdir: str | Path,
+    samples_dir: str | Path,
+    use_cache: bool,
+    console: Console,
+    logs: RunLogs,
+    verbose: bool,
+) -> RunResult:
     config = local_config(config, workdir)
     preflight(config, samples_dir)
     server = ensure_server(config, workdir)
-    echo(
+    console.line(
         f"==> serving {config.serving.model_name} from {config.serving.model_base_path} at {server.grpc_address} "
         f"({'reused' if server.reused else 'started'}, pid {server.pid})"
     )
-    result = run_pipeline(config, workdir, use_cache=use_cache, echo=echo)
+    result = run_pipeline(config, workdir, use_cache=use_cache, console=console, logs=logs, verbose=verbose)
     result.server = server
     if not result.ok and not server.reused and not store.list_versions(config.serving.model_base_path):
         # This run started the server and nothing was ever deployed: a server with nothing to serve
         # would only hold the ports.
         stop_server(workdir)
         result.server = None
-        echo(f"==> stopped the server this run started (pid {server.pid}): there is no version to serve")
+        console.line(f"==> stopped the server this run started (pid {server.pid}): there is no version to serve")
         return result
     # Whatever is `stable` answers: this run's model when it was deployed, else the champion an
     # earlier run deployed (the gate kept this one out, or a step failed).

@@ -4,7 +4,8 @@ The same `@dsl.pipeline` that compiles for a cluster runs here through `kfp.loca
 SubprocessRunner (no Docker, no pip installs). The work directory holds the pipeline root (with the
 training checkpoints a re-run resumes from), the local step cache, the MLflow store, the model base
 path the local server polls, and each live run's temporary folder. Progress is shown live
-(`progress`); what each step did is read back from kfp's files afterwards (`results`).
+(`progress`), each step's output kept in its log file (`logs`); what each step did is read back from
+kfp's files afterwards (`results`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import fcntl
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from core import layouts, storage
 from core.config import Config
+from pipeline.console import PROGRESS_TO_RUNNER_ENV, Console
 from pipeline.local import progress
+from pipeline.local.logs import RunLogs
 from pipeline.local.results import RunResult, find_cache_hits, read_steps
+from pipeline.local.summary import step_note
 from pipeline.params import pipeline_arguments
 
 log = logging.getLogger(__name__)
@@ -56,11 +61,39 @@ def local_config(config: Config, workdir: str | Path) -> Config:
     return dataclasses.replace(config, registry=registry, serving=serving)
 
 
+def pipeline_root_of(workdir: str | Path) -> Path:
+    """The local pipeline root of a work directory: one folder per run, and the checkpoints."""
+    return Path(workdir).resolve() / "pipeline"
+
+
+def run_folders(pipeline_root: Path, before: set[str]) -> list[Path]:
+    """The run folders kfp.local made under `pipeline_root` since `before` (its entries then), oldest first."""
+    if not pipeline_root.is_dir():
+        return []
+    return sorted(
+        p for p in pipeline_root.iterdir() if p.name not in before and p.name != layouts.CHECKPOINTS and p.is_dir()
+    )
+
+
+def run_logs(workdir: str | Path, log_dir: str | Path | None = None) -> RunLogs:
+    """The log files of the next run in `workdir`: in its run folder's `logs/` (or `log_dir`, when given)."""
+    pipeline_root = pipeline_root_of(workdir)
+    before = {p.name for p in pipeline_root.iterdir()} if pipeline_root.is_dir() else set()
+
+    def newest() -> Path | None:
+        runs = run_folders(pipeline_root, before)
+        return runs[-1] if runs else None
+
+    return RunLogs(newest, Path(workdir).resolve() / "logs", folder=Path(log_dir) if log_dir else None)
+
+
 def run_pipeline(
     config: Config,
     workdir: str | Path,
     use_cache: bool = True,
-    echo: Callable[[str], None] = print,
+    console: Console | None = None,
+    logs: RunLogs | None = None,
+    verbose: bool = False,
 ) -> RunResult:
     """Run the whole DAG with kfp.local in this environment; never raises for a failed step.
 
@@ -68,7 +101,9 @@ def run_pipeline(
         config: the resolved run configuration (see `local_config` for what is filled in).
         workdir: where the pipeline root, cache, MLflow store and model base path live.
         use_cache: reuse the outputs of cached steps (ingest, preprocess) from earlier runs.
-        echo: where progress lines go.
+        console: where step lines and live progress go (default: this process's stdout).
+        logs: the run's log files (default: none; each step's output is then only shown with `verbose`).
+        verbose: show every line of every step as well.
 
     Returns:
         Every step's status, time and outputs; `ok` is False with `error` set when a step failed.
@@ -77,8 +112,9 @@ def run_pipeline(
 
     from pipeline.dag import build_pipeline
 
+    console = console or Console(sys.stdout)
     workdir = Path(workdir).resolve()
-    pipeline_root = workdir / "pipeline"
+    pipeline_root = pipeline_root_of(workdir)
     cache_root = workdir / "cache"
     pipeline_root.mkdir(parents=True, exist_ok=True)
     # Checkpoints sit beside the runs, named by the training inputs: a re-run after a kill resumes
@@ -90,7 +126,15 @@ def run_pipeline(
     before = {p.name for p in pipeline_root.iterdir()}
     started = time.monotonic()
     error = ""
-    with run_temp(workdir) as temp, progress.tracking(echo) as (tracker, tee), _quiet_local_warnings():
+
+    def headline(name: str, ok: bool) -> str:
+        """What a step that just ended made (its artifacts' metadata), or the error it recorded."""
+        runs = run_folders(pipeline_root, before)
+        step = read_steps(runs[-1] if runs else None, names=[name])[name]
+        return step_note(step) if ok else step.message or tee.error_message(name)
+
+    tracked = progress.tracking(console.line, logs, console, verbose, headline)
+    with run_temp(workdir) as temp, _progress_to_runner(), tracked as (tracker, tee), _quiet_local_warnings():
         local.init(
             runner=local.SubprocessRunner(use_venv=False),
             pipeline_root=str(pipeline_root),
@@ -105,9 +149,7 @@ def run_pipeline(
         except RuntimeError as err:
             error = progress.plain(str(err))
     seconds = time.monotonic() - started
-    runs = sorted(
-        p for p in pipeline_root.iterdir() if p.name not in before and p.name != layouts.CHECKPOINTS and p.is_dir()
-    )
+    runs = run_folders(pipeline_root, before)
     run_dir = runs[-1] if runs else None
     cached = find_cache_hits(pipeline.pipeline_spec, arguments, cache_root, run_dir) if use_cache else {}
     steps = read_steps(run_dir, cached)
@@ -118,9 +160,9 @@ def run_pipeline(
         if step.status == "failed":
             # The step's own record (pipeline.metadata.recording_failure); its last printed error
             # line only when it died before it could write one (killed, or failed at import).
-            step.message = step.message or tee.error_message(step.name) or "failed (see its log above)"
+            step.message = step.message or tee.error_message(step.name) or "failed (see its log)"
     if any(step.status == "skipped (gate)" for step in steps.values()):
-        echo("==> gate not passed: register and deploy skipped, the champion keeps serving")
+        console.line("==> gate not passed: register and deploy skipped, the champion keeps serving")
     failed = [s for s in steps.values() if s.status == "failed"]
     if failed:
         error = f"step {failed[0].name} failed: {failed[0].message}"
@@ -207,6 +249,20 @@ def run_temp(workdir: str | Path) -> Iterator[Path]:
             else:
                 os.environ["TMPDIR"] = saved
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _progress_to_runner() -> Iterator[None]:
+    """Ask the step processes (which inherit this environment) to send their progress here as lines."""
+    saved = os.environ.get(PROGRESS_TO_RUNNER_ENV)
+    os.environ[PROGRESS_TO_RUNNER_ENV] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(PROGRESS_TO_RUNNER_ENV, None)
+        else:
+            os.environ[PROGRESS_TO_RUNNER_ENV] = saved
 
 
 @contextlib.contextmanager

@@ -105,6 +105,10 @@ def ensure_server(config: Config, workdir: str | Path, timeout_s: float = 120.0)
             f"--model_name={serving.model_name}",
             f"--model_config_file={config_file}",
             "--file_system_poll_wait_seconds=1",
+            # Off unless asked, as in tensorflow_model_server: the project's setting asks for it.
+            f"--enable_batching={str(serving.enable_batching).lower()}",
+            # The libraries' own output (TensorFlow's start-up lines) beside the server's log.
+            f"--log-dir={log_path.parent}",
         ],
         host=serving.host,
         grpc_port=serving.grpc_port,

@@ -1,13 +1,14 @@
 """The end-of-run report of `fashion run`: each step with status, time and what it made; gate, version, endpoint.
 
 Everything comes from the `RunResult`: the artifacts' metadata each step recorded, the gate's
-decision, the server handle and the prediction.
+decision, the server handle, the prediction and where the logs are.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pipeline.local.logs import RUN_LOG
 from pipeline.local.results import STEP_ORDER, RunResult, StepRecord
 
 HEADLINE_METRICS = (
@@ -29,8 +30,8 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _step_note(step: StepRecord) -> str:
-    """One line on what the step produced, from its artifacts' metadata."""
+def step_note(step: StepRecord) -> str:
+    """One line on what the step produced, from its artifacts' metadata (its error when it failed)."""
     if step.status == "failed":
         return step.message
     meta = {name: out.get("metadata", {}) for name, out in step.outputs.items()}
@@ -45,10 +46,17 @@ def _step_note(step: StepRecord) -> str:
         return f"{size} {m.get('image_format', '')} shards ({splits}), {_number(m.get('rejected', 0))} rejected"
     if step.name == "train-model" and "model" in meta:
         m = meta["model"]
+        if m.get("unchanged"):
+            return "not retrained: catalogue and settings unchanged since the champion"
         epochs, best = _number(m.get("epochs", "?")), _number(m.get("best_epoch", "?"))
-        return f"{m.get('backbone', '?')}, {epochs} epochs, best epoch {best}"
+        start = m.get("warm_start") or "scratch"
+        return f"{m.get('backbone', '?')}, {epochs} epochs, best epoch {best}, from {start}"
     if step.name == "evaluate-model" and step.status == "succeeded":
-        return "blessed" if step.parameters.get("Output") else "not blessed"
+        evaluated = meta.get("evaluation", {})
+        if evaluated.get("unchanged"):
+            return "nothing to evaluate"
+        against = f" against {evaluated['champion']} on the same photos" if evaluated.get("champion") else ""
+        return ("blessed" if step.parameters.get("Output") else "not blessed") + against
     if step.name == "register-model" and "saved_model" in meta:
         m = meta["saved_model"]
         return f"{m.get('model_name', '')} version {_number(m.get('version', '?'))}"
@@ -66,13 +74,18 @@ def format_summary(result: RunResult) -> str:
     for name in STEP_ORDER:
         step = result.steps.get(name, StepRecord(name))
         took = f"{step.seconds:.1f}s" if step.seconds is not None else "-"
-        lines.append(f"  {name:<16} {step.status:<16} {took:>8}  {_step_note(step)}")
+        lines.append(f"  {name:<16} {step.status:<16} {took:>8}  {step_note(step)}")
     metrics = result.artifact("evaluate-model", "metrics").get("metadata", {})
     if metrics:
         shown = [k for k in HEADLINE_METRICS if k in metrics] or sorted(metrics)[:6]
         lines += ["", "Metrics (test split): " + "  ".join(f"{k} {_number(metrics[k])}" for k in shown)]
+    trained = result.artifact("train-model", "model").get("metadata", {})
     evaluate = result.steps.get("evaluate-model")
-    if evaluate and evaluate.parameters:
+    if trained.get("unchanged"):
+        lines.append(f"Not retrained: {trained['unchanged']}; --force retrains anyway")
+    elif trained.get("catalogue_changes"):
+        lines.append(f"Catalogue: {trained['catalogue_changes']}")
+    if evaluate and evaluate.parameters and not trained.get("unchanged"):
         verdict = "PASSED" if evaluate.parameters.get("Output") else "NOT PASSED"
         reason = result.artifact("evaluate-model", "evaluation").get("metadata", {}).get("reason", "")
         lines.append(f"Gate: {verdict}: {reason}")
@@ -107,6 +120,8 @@ def format_summary(result: RunResult) -> str:
         )
     if result.prediction_error:
         lines.append(f"No prediction: nothing is serving yet ({result.prediction_error}).")
+    if result.logs_dir:
+        lines.append(f"Logs: {result.logs_dir}/ (one per step that ran, {RUN_LOG}.log for the rest)")
     if not result.ok:
         lines += ["", f"Error: {result.error}", "The serving champion was left untouched."]
     return "\n".join(lines)
