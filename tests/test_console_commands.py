@@ -88,6 +88,8 @@ def commands(tmp_path_factory, demo_dir, samples_dir):
         "--run-id=console-1", f"--workdir={work}", log_dir=logs,
     )  # fmt: skip
     ran["compile"] = fashion("compile", "--preset=ci", f"--out={root / 'pipeline.yaml'}", log_dir=logs)
+    ran["mlflow-ui"] = fashion("mlflow-ui", "--preset=ci", f"--workdir={work}", "--print-command", log_dir=logs)
+    ran["schedule"] = fashion("schedule", "--list", f"--workdir={work}", log_dir=logs)
     base = root / "models" / "fashion"
     base.mkdir(parents=True)
     config_file = write_models_config(root / "models.config", [{"name": "fashion", "base_path": str(base)}])
@@ -117,8 +119,11 @@ def commands(tmp_path_factory, demo_dir, samples_dir):
 
 @pytest.mark.parametrize(
     "name",
-    ["ingest", "preprocess", "train", "evaluate", "register", "compile", "serve", "deploy", "predict", "rollback"],
-)
+    [
+        "ingest", "preprocess", "train", "evaluate", "register", "compile", "mlflow-ui", "schedule", "serve",
+        "deploy", "predict", "rollback",
+    ],
+)  # fmt: skip
 def test_each_command_prints_at_most_40_plain_lines_without_library_chatter(commands, name):
     ran = commands[name]
     expected = 1 if name == "rollback" else 0
