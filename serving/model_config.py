@@ -15,6 +15,7 @@ reachable by that model name alone (with or without its version number). See `wi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -88,13 +89,29 @@ def parse_model_server_config(text: str, source: str = "model config") -> Any:
     Raises:
         ConfigFileError: the text is not a ModelServerConfig, or one TF Serving would refuse.
     """
-    config = new_model_server_config()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as err:
-        raise ConfigFileError(f"{source}: not a valid ModelServerConfig text proto: {err}") from err
+    config = parse_text_proto(text, new_model_server_config(), source)
     validate_model_server_config(config, source)
     return config
+
+
+def parse_text_proto(text: str, message: Any, source: str) -> Any:
+    """Parse a text-format proto file's content into `message` and return it.
+
+    Raises:
+        ConfigFileError: the text does not parse; the error carries protobuf's words as TF Serving's
+            log does (`Error parsing text-format tensorflow.serving.ModelServerConfig: 1:1: ...`),
+            after TF Serving's own (`Invalid protobuf file: '<path>'`).
+    """
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as err:
+        detail = re.sub(r"^\d+:\d+ : ", "", str(err))
+        where = f"{err.GetLine()}:{err.GetColumn()}: " if err.GetLine() is not None else ""
+        raise ConfigFileError(
+            f"Invalid protobuf file: '{source}': Error parsing text-format {message.DESCRIPTOR.full_name}: "
+            f"{where}{detail}"
+        ) from err
+    return message
 
 
 def validate_model_server_config(config: Any, source: str = "model config") -> None:

@@ -7,6 +7,9 @@ The same messages are built here from `tfs_api.binpb`, a `FileDescriptorSet` of 
 file they depend on), written by `write_descriptor_set` from the installed packages and checked
 against them by the tests. The classes live in a private descriptor pool, so they never clash
 with TensorFlow's own when both are loaded; on the wire they are the same bytes.
+
+A few messages the server reads are in no installed package (TF Serving's monitoring and SSL
+configs, grpc's health check): `declared_messages` builds those from their declared fields.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from google.protobuf import descriptor_pb2, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from core import protos as core_protos
 
@@ -91,3 +94,69 @@ def unary(channel: Any, service: str, method: str) -> Any:
         request_serializer=getattr(classes, request).SerializeToString,
         response_deserializer=getattr(classes, response).FromString,
     )
+
+
+# Field kinds `declared_messages` understands, by the names a .proto file spells them with.
+_SCALARS = {
+    "string": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+    "bytes": descriptor_pb2.FieldDescriptorProto.TYPE_BYTES,
+    "bool": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+    "int32": descriptor_pb2.FieldDescriptorProto.TYPE_INT32,
+    "int64": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+}
+
+
+@functools.cache
+def declared_messages(
+    file_name: str,
+    package: str,
+    messages: tuple[tuple[str, tuple[tuple[str, int, str], ...]], ...],
+    enums: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = (),
+) -> SimpleNamespace:
+    """Message classes of a proto3 file that no installed package ships, from its declared fields.
+
+    tensorflow-serving-api leaves out some of TF Serving's config files (monitoring_config.proto,
+    ssl_config.proto) and grpcio leaves out grpc's health.proto; their messages are declared here with
+    the same package, names and field numbers, so text and wire formats are those of the real files.
+    They live in a private pool, as `api()`'s do.
+
+    Args:
+        file_name: the file's name in that pool.
+        package: the proto package (`tensorflow.serving`).
+        messages: (message name, ((field name, number, kind), ...)) in declaration order; a kind is a
+            scalar type (`string`, `bool`, ...), another message of this file, or an enum of `enums`
+            (spelt as there).
+        enums: (enum name, ((value name, number), ...)); `Message.Enum` nests the enum in that message.
+
+    Returns:
+        A namespace with one class per message and one name->number mapping per enum (by its last name).
+    """
+    file = descriptor_pb2.FileDescriptorProto(name=file_name, package=package, syntax="proto3")
+    declared = {name: file.message_type.add(name=name) for name, _ in messages}
+    enum_names = {name for name, _ in enums}
+    for enum_name, values in enums:
+        outer, _, inner = enum_name.rpartition(".")
+        enum = (declared[outer].enum_type if outer else file.enum_type).add(name=inner)
+        for value_name, number in values:
+            enum.value.add(name=value_name, number=number)
+    for message_name, fields in messages:
+        for field_name, number, kind in fields:
+            field = declared[message_name].field.add(
+                name=field_name, number=number, label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+            )
+            if kind in _SCALARS:
+                field.type = _SCALARS[kind]
+                continue
+            field.type = (
+                descriptor_pb2.FieldDescriptorProto.TYPE_ENUM
+                if kind in enum_names
+                else descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE
+            )
+            field.type_name = f".{package}.{kind}"
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    classes: dict[str, Any] = {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}")) for name, _ in messages
+    }
+    classes.update({name.rpartition(".")[2]: dict(values) for name, values in enums})
+    return SimpleNamespace(**classes)

@@ -17,7 +17,7 @@ SAVED_MODEL_FILE = "saved_model.pb"
 # The highest version number ever published under a base path. Its name is not a number, so
 # servers skip it; it outlives the folder of a version that failed and was removed.
 HIGHEST_VERSION_FILE = ".highest_version"
-_VERSION_DIR = re.compile(r"^\d+$")
+_VERSION_DIR = re.compile(r"^[0-9]+\Z")
 
 
 def version_uri(base_path: str, version: int) -> str:
@@ -25,24 +25,36 @@ def version_uri(base_path: str, version: int) -> str:
     return storage.join(base_path, str(version))
 
 
-def list_versions(base_path: str) -> list[int]:
-    """Numeric version folders under a base path that hold a complete SavedModel, ascending."""
+def version_dirs(base_path: str) -> dict[int, str]:
+    """Version number -> folder name of the complete SavedModels under a base path.
+
+    A folder is a version when its whole name is a decimal number, leading zeros included, as TF
+    Serving reads them: `00000123` is version 123 and is opened as `00000123`. When two folders name
+    the same number, the last in name order wins, as in TF Serving (which logs the duplicate).
+    """
+    found: dict[int, str] = {}
     if storage.is_gcs(base_path):
         if not storage.exists(base_path):
-            return []
+            return {}
         root = base_path.rstrip("/") + "/"
-        found = set()
+        names = set()
         for uri in storage.list_files(base_path):
             parts = uri[len(root) :].split("/")
             if len(parts) == 2 and _VERSION_DIR.match(parts[0]) and parts[1] == SAVED_MODEL_FILE:
-                found.add(int(parts[0]))
-        return sorted(found)
-    root = Path(base_path)
-    if not root.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in root.iterdir() if _VERSION_DIR.match(p.name) and (p / SAVED_MODEL_FILE).is_file()
-    )
+                names.add(parts[0])
+    else:
+        root_dir = Path(base_path)
+        if not root_dir.is_dir():
+            return {}
+        names = {p.name for p in root_dir.iterdir() if _VERSION_DIR.match(p.name) and (p / SAVED_MODEL_FILE).is_file()}
+    for name in sorted(names):
+        found[int(name)] = name
+    return found
+
+
+def list_versions(base_path: str) -> list[int]:
+    """Numeric version folders under a base path that hold a complete SavedModel, ascending."""
+    return sorted(version_dirs(base_path))
 
 
 def highest_published(base_path: str) -> int:

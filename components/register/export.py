@@ -253,6 +253,9 @@ def build_serving_module(
             self.categories = tf.Variable(schema.categories, trainable=False, name="categories")
             self.subcategories = tf.Variable(schema.subcategories, trainable=False, name="subcategories")
             self.attributes = tf.Variable(schema.attributes, trainable=False, name="attributes")
+            # The tf.Variables behind the Keras ones, tracked so the SavedModel's TF1 restore (what TF Serving
+            # runs) fills the very variables the graph reads (tensorflow/tensorflow#72963).
+            self.model_variables = [v.value for v in model.variables]
             # A constant of the graph, [category, sub-category]: the tree the served pair is decoded over.
             self.allowed_pairs = tf.constant(allowed_mask(schema))
 

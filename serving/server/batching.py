@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 
 from serving.server.config import BatchingParameters
-from serving.server.errors import ServingError, deadline_exceeded, invalid_argument, unavailable
+from serving.server.errors import ServingError, deadline_exceeded, failed_precondition, invalid_argument, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,22 @@ def _detached(err: Exception) -> Exception:
         return ServingError(err.code, err.message)
     err.__cause__ = err.__context__ = None
     return err.with_traceback(None)
+
+
+def _check_batched_outputs(outputs: Mapping[str, np.ndarray], size: int) -> None:
+    """Refuse, as TF Serving's batching session does, outputs that cannot be split back into the requests.
+
+    Raises:
+        ServingError: FAILED_PRECONDITION for a scalar output or one whose 0th dimension is not the batch's size.
+    """
+    for array in outputs.values():
+        if np.ndim(array) == 0:
+            raise failed_precondition("Batched output tensor has 0 dimensions")
+        if np.shape(array)[0] != size:
+            raise failed_precondition(
+                "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension sizes of the "
+                "input tensors"
+            )
 
 
 class _Task:
@@ -144,7 +160,14 @@ class BatchScheduler:
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._process(batch)
+            try:
+                self._process(batch)
+            except Exception as err:  # noqa: BLE001 - a batch thread must outlive any one batch
+                log.exception("batch of %d tasks failed", len(batch.tasks))
+                failure = ServingError(grpc.StatusCode.INTERNAL, f"{type(err).__name__}: {err}")
+                for t in batch.tasks:
+                    if not t.future.done():
+                        t.future.set_exception(failure)
 
     def _process(self, batch: _Batch) -> None:
         now = time.monotonic()
@@ -178,6 +201,7 @@ class BatchScheduler:
             else:
                 merged = {k: np.concatenate([t.inputs[k] for t in tasks], axis=0) for k in tasks[0].inputs}
             outputs = self._run(merged)
+            _check_batched_outputs(outputs, sum(t.size for t in tasks))
         except ServingError as err:
             failure = _detached(err)
         except Exception as err:  # noqa: BLE001 - every waiting request must get an answer

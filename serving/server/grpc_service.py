@@ -19,7 +19,6 @@ from serving import tensors
 from serving.server import handlers
 from serving.server.errors import ServingError, invalid_argument
 from serving.server.manager import ModelManager
-from serving.server.servable import CLASSIFY_METHOD, REGRESS_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +52,13 @@ def tensor_inputs(request: Any) -> dict[str, Any]:
         try:
             inputs[alias] = tensors.from_proto(proto)
         except (ValueError, TypeError, KeyError) as err:
-            raise invalid_argument(f"input tensor {alias} is malformed: {err}") from err
+            # TF Serving's words when `Tensor::FromProto` refuses a request tensor.
+            raise invalid_argument(f"tensor parsing error: {alias}") from err
     return inputs
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata; Classify, Regress and MultiInference answer as TF Serving does."""
+    """Predict, GetModelMetadata, and Classify, Regress and MultiInference on `tf.Example` inputs."""
 
     def __init__(self, manager: ModelManager):
         self.manager = manager
@@ -66,6 +66,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_guard
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Run the signature on the request's tensors."""
+        if not request.HasField("model_spec"):
+            raise invalid_argument("Missing ModelSpec")
         spec = handlers.Spec.from_proto(request.model_spec)
         result = handlers.predict(
             self.manager, spec, tensor_inputs(request), list(request.output_filter), _timeout(context)
@@ -91,24 +93,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_guard
     def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        """Answer as TF Serving does for a model without a classification signature."""
-        handlers.check_method(self.manager, handlers.Spec.from_proto(request.model_spec), CLASSIFY_METHOD)
+        """Classify the request's `tf.Example`s with a classification signature."""
+        return handlers.classify(self.manager, request, _timeout(context))
 
     @_guard
     def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        """Answer as TF Serving does for a model without a regression signature."""
-        handlers.check_method(self.manager, handlers.Spec.from_proto(request.model_spec), REGRESS_METHOD)
+        """Regress the request's `tf.Example`s with a regression signature."""
+        return handlers.regress(self.manager, request, _timeout(context))
 
     @_guard
     def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        """Classify/regress tasks only, so each task fails as those do."""
-        if not request.tasks:
-            raise invalid_argument("Inference request should contain at least one task")
-        for task in request.tasks:
-            method = task.method_name
-            if method not in (CLASSIFY_METHOD, REGRESS_METHOD):
-                raise invalid_argument(f"Unsupported signature method_name: {method}")
-            handlers.check_method(self.manager, handlers.Spec.from_proto(task.model_spec), method)
+        """Classify and regress the same `tf.Example`s with several signatures of one model, in one run."""
+        return handlers.multi_inference(self.manager, request, _timeout(context))
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):

@@ -11,13 +11,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 
 from serving import contract as sig
-from serving.server.errors import deadline_exceeded, invalid_argument
+from serving.server import inference
+from serving.server.errors import ServingError, deadline_exceeded, invalid_argument
 from serving.server.manager import ModelManager
-from serving.server.servable import CLASSIFY_METHOD, INIT_OP_SIGNATURE, PREDICT_METHOD, REGRESS_METHOD
+from serving.server.servable import CLASSIFY_METHOD, PREDICT_METHOD, REGRESS_METHOD
 
+_PREDICT_METHODS = (PREDICT_METHOD, CLASSIFY_METHOD, REGRESS_METHOD)
 _STATE_CODES = {"START": 10, "LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
 
@@ -51,6 +54,20 @@ class PredictResult:
     outputs: dict[str, np.ndarray]
 
 
+def _check_spec(spec: Spec) -> None:
+    if not spec.name:
+        raise invalid_argument("ModelSpec has no name specified.")
+
+
+def _deadline(timeout_s: float | None) -> float | None:
+    """The `time.monotonic()` deadline of what is left of a request's time; none left is DEADLINE_EXCEEDED."""
+    if timeout_s is None:
+        return None
+    if timeout_s <= 0:
+        raise deadline_exceeded()
+    return time.monotonic() + timeout_s
+
+
 def predict(
     manager: ModelManager,
     spec: Spec,
@@ -62,42 +79,57 @@ def predict(
 
     `timeout_s` is what is left of the client's deadline (gRPC) or the REST timeout: a request that
     arrives past it answers DEADLINE_EXCEEDED without running the model, and one whose deadline
-    passes while it waits for a batch is dropped from that batch.
+    passes while it waits for a batch is dropped from that batch. The signature's method name is
+    checked only with `enable_signature_method_name_check`, as in TF Serving (predict, classify and
+    regress signatures all serve Predict then).
     """
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    if not spec.name:
-        raise invalid_argument("Missing ModelSpec")
-    if timeout_s is not None and timeout_s <= 0:
-        raise deadline_exceeded()
+    _check_spec(spec)
+    deadline = _deadline(timeout_s)
     with manager.servable(spec.name, spec.version, spec.label) as servable:
         signature = servable.signature(spec.signature_name)
-        if signature.method_name != PREDICT_METHOD:
-            raise invalid_argument(
-                f"Expected prediction signature method_name to be one of {{{PREDICT_METHOD}}}. "
-                f"Was: {signature.method_name}"
+        if manager.options.enable_signature_method_name_check and signature.method_name not in _PREDICT_METHODS:
+            raise ServingError(
+                grpc.StatusCode.INTERNAL,
+                f"Expected prediction signature method_name to be one of {{{', '.join(_PREDICT_METHODS)}}}. "
+                f"Was: {signature.method_name}",
             )
         outputs = servable.predict(spec.signature_name, inputs, output_filter, deadline)
         return PredictResult(servable.version, spec.signature_name or sig.SIGNATURE_NAME, outputs)
 
 
-def check_method(manager: ModelManager, spec: Spec, method: str) -> None:
-    """Classify and Regress: resolve the model and signature, then check the signature's method.
+def classify(manager: ModelManager, request: Any, timeout_s: float | None = None) -> Any:
+    """Classify a `ClassificationRequest`'s examples: a `ClassificationResponse` (TF Serving's RunClassify)."""
+    return _on_examples(manager, request, inference.classify, timeout_s)
 
-    This model only has a predict signature, so TF Serving answers these with the same
-    INVALID_ARGUMENT (or NOT_FOUND / FAILED_PRECONDITION for an unknown model or signature).
-    """
-    kind = {CLASSIFY_METHOD: "classification", REGRESS_METHOD: "regression"}[method]
+
+def regress(manager: ModelManager, request: Any, timeout_s: float | None = None) -> Any:
+    """Regress a `RegressionRequest`'s examples: a `RegressionResponse` (TF Serving's RunRegress)."""
+    return _on_examples(manager, request, inference.regress, timeout_s)
+
+
+def _on_examples(manager: ModelManager, request: Any, operation: Any, timeout_s: float | None) -> Any:
+    if not request.HasField("model_spec"):
+        raise invalid_argument("Missing ModelSpec")
+    spec = Spec.from_proto(request.model_spec)
+    _check_spec(spec)
+    deadline = _deadline(timeout_s)
     with manager.servable(spec.name, spec.version, spec.label) as servable:
-        signature = servable.signature(spec.signature_name)
-        if signature.method_name != method:
-            raise invalid_argument(
-                f"Expected {kind} signature method_name to be one of {{{method}}}. Was: {signature.method_name}"
-            )
-        raise invalid_argument(f"{kind} over tf.Example inputs is not supported by this server")
+        return operation(servable, request, manager.options.enable_signature_method_name_check, deadline)
+
+
+def multi_inference(manager: ModelManager, request: Any, timeout_s: float | None = None) -> Any:
+    """Run a `MultiInferenceRequest` on the model its first task names: a `MultiInferenceResponse`."""
+    spec = Spec.from_proto(request.tasks[0].model_spec) if request.tasks else Spec(name="")
+    _check_spec(spec)
+    deadline = _deadline(timeout_s)
+    with manager.servable(spec.name, spec.version, spec.label) as servable:
+        return inference.multi_inference(
+            servable, request, manager.options.enable_signature_method_name_check, deadline
+        )
 
 
 def metadata(manager: ModelManager, spec: Spec, fields: Sequence[str]) -> tuple[int, Any]:
-    """GetModelMetadata: (version, SignatureDefMap) of the resolved version."""
+    """GetModelMetadata: (version, SignatureDefMap) of the resolved version, every signature included."""
     from tensorflow_serving.apis import get_model_metadata_pb2
 
     if not fields:
@@ -108,8 +140,7 @@ def metadata(manager: ModelManager, spec: Spec, fields: Sequence[str]) -> tuple[
     with manager.servable(spec.name, spec.version, spec.label) as servable:
         sig_map = get_model_metadata_pb2.SignatureDefMap()
         for key, value in servable.signature_defs.items():
-            if key != INIT_OP_SIGNATURE:
-                sig_map.signature_def[key].CopyFrom(value)
+            sig_map.signature_def[key].CopyFrom(value)
         return servable.version, sig_map
 
 

@@ -72,6 +72,9 @@ class ManagerOptions:
     file_system_poll_wait_seconds: float = 1.0
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
+    # Off by default, as in TF Serving: a signature serves any API its tensors fit, whatever its method_name.
+    enable_signature_method_name_check: bool = False
+    saved_model_tags: tuple[str, ...] = ("serve",)
 
 
 def aspired_versions(policy: Any, on_disk: list[int]) -> list[int]:
@@ -179,18 +182,20 @@ class ModelManager:
                 models = {n: m.config for n, m in self._models.items()}
             for name, model_config in models.items():
                 try:
-                    on_disk = store.list_versions(model_config.base_path)
+                    folders = store.version_dirs(model_config.base_path)
                 except storage.StorageError as err:
                     log.warning("cannot list %s for model %s: %s", model_config.base_path, name, err)
                     continue
+                on_disk = sorted(folders)
                 if not on_disk and name not in self._empty:
                     log.warning("No versions of servable %s found under base path %s", name, model_config.base_path)
                 # Warn once per stretch without versions, not on every poll.
                 self._empty = (self._empty | {name}) if not on_disk else (self._empty - {name})
                 aspired = set(aspired_versions(model_config.model_version_policy, on_disk))
-                self._reconcile(name, model_config, aspired)
+                self._reconcile(name, model_config, {v: folders[v] for v in aspired})
 
-    def _reconcile(self, name: str, model_config: Any, aspired: set[int]) -> None:
+    def _reconcile(self, name: str, model_config: Any, aspired: dict[int, str]) -> None:
+        """Load the aspired versions (number -> folder name) not loaded yet, unload the others once one is up."""
         to_load, to_unload = [], []
         with self._lock:
             model = self._models.get(name)
@@ -212,7 +217,8 @@ class ModelManager:
             if AVAILABLE in states and settled:
                 to_unload = [e for v, e in model.versions.items() if v not in aspired and e.state == AVAILABLE]
         for entry in to_load:
-            uri = store.version_uri(model_config.base_path, entry.version)
+            # The folder's own name: `00000123` is version 123 and is opened as it is spelt.
+            uri = storage.join(model_config.base_path, aspired[entry.version])
             t = threading.Thread(
                 target=self._load, args=(name, entry, uri), name=f"load-{name}-{entry.version}", daemon=True
             )
@@ -240,7 +246,7 @@ class ModelManager:
             if entry.cancel.is_set():
                 break
             try:
-                servable = Servable(name, entry.version, uri, self.options.batching)
+                servable = Servable(name, entry.version, uri, self.options.batching, self.options.saved_model_tags)
                 if self.options.enable_model_warmup:
                     count = servable.warmup()
                     log.info("warmed up %s version %d with %d requests", name, entry.version, count)

@@ -3,10 +3,12 @@
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]            model status
     GET  /v1/models/<name>[/versions/<v>|/labels/<l>]/metadata   signature definitions
     POST /v1/models/<name>[/versions/<v>|/labels/<l>]:predict    `instances` (row) or `inputs` (columnar)
+    GET  /monitoring/prometheus/metrics                          with a monitoring config that enables it
 
 Binary values travel as `{"b64": "..."}`; errors are `{"error": "..."}` with the HTTP status TF
 Serving maps the canonical code to. `RestApi` holds those semantics; `RestServer` carries them
-over aiohttp's HTTP/1.1 server, on an event loop of its own, with the API calls in a thread pool.
+over aiohttp's HTTP/1.1 server, on an event loop of its own, with the API calls in a thread pool,
+and counts and times each call as TF Serving's REST dispatcher does (`serving.server.monitoring`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from aiohttp.web_protocol import RequestHandler
 from google.protobuf import json_format
 
 from serving import contract as sig
-from serving.server import handlers
+from serving.server import handlers, monitoring, rest_examples
 from serving.server.errors import ServingError, invalid_argument
 from serving.server.manager import ModelManager
-from serving.server.servable import CLASSIFY_METHOD, REGRESS_METHOD, dtype_name
+from serving.server.servable import dtype_name
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +199,12 @@ def status_json(response: Any) -> dict:
 class RestApi:
     """The REST handlers, bound to a model manager."""
 
-    def __init__(self, manager: ModelManager, timeout_s: float | None = None):
+    def __init__(
+        self, manager: ModelManager, timeout_s: float | None = None, metrics: monitoring.Metrics | None = None
+    ):
         self.manager = manager
         self.timeout_s = timeout_s
+        self.metrics = metrics or monitoring.Metrics()
 
     def get(self, path: str) -> dict:
         """GET: status or metadata."""
@@ -213,12 +218,17 @@ class RestApi:
             version, sig_map = handlers.metadata(self.manager, spec, ["signature_def"])
             return {
                 "model_spec": {"name": spec.name, "signature_name": "", "version": str(version)},
-                "metadata": {"signature_def": json_format.MessageToDict(sig_map, preserving_proto_field_name=True)},
+                # As TF Serving prints it: fields at their default values included (`"defaults": {}`, ...).
+                "metadata": {
+                    "signature_def": json_format.MessageToDict(
+                        sig_map, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                    )
+                },
             }
         return status_json(handlers.status_response(self.manager, spec))
 
     def post(self, path: str, body: bytes) -> dict:
-        """POST: predict (classify/regress answer as for a predict-only model)."""
+        """POST: predict, or classify/regress on `tf.Example`s (`serving.server.rest_examples`)."""
         match = _POST.match(path)
         if not match:
             raise invalid_argument(f"Malformed request: POST {path}")
@@ -239,7 +249,7 @@ class RestApi:
         spec = _spec(match, signature_name)
         method = match.group("method")
         if method != "predict":
-            handlers.check_method(self.manager, spec, CLASSIFY_METHOD if method == "classify" else REGRESS_METHOD)
+            return rest_examples.classify_or_regress(self.manager, spec, doc, method, self.timeout_s)
         with self.manager.servable(spec.name, spec.version, spec.label) as servable:
             specs = servable.input_specs(signature_name)
         try:
@@ -247,6 +257,7 @@ class RestApi:
         except RecursionError as err:
             raise invalid_argument("Failed to process element: the value is nested too deeply") from err
         result = handlers.predict(self.manager, spec, inputs, timeout_s=self.timeout_s)
+        monitoring.answered_by(result.version, result.signature_name)
         return encode_outputs(result.outputs, row_format)
 
 
@@ -257,6 +268,12 @@ _API_PATH = re.compile(r"(?i)/v1/.*")
 # The methods TF Serving's libevent server lets through to the handler; any other is refused before it.
 _METHODS = ("GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH")
 _CORS_ORIGIN = re.compile(r"https?://")
+# What TF Serving adds to every REST API answer with --rest_api_enable_cors_support (AddCORSHeaders).
+_CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, GET",
+    "Access-Control-Allow-Headers": "Content-Type",
+}
 
 
 @dataclass(frozen=True)
@@ -273,6 +290,8 @@ class RestOptions:
         large_body_bytes: bodies over this size are large; a few copies of each are alive while it is served.
         max_large_bodies: large bodies served at once, so concurrent big requests cannot ratchet memory up.
         large_body_wait_s: how long a large body waits for its turn before it is answered 503.
+        prometheus_path: where the Prometheus page is served (none: nowhere), as a monitoring config asks.
+        enable_cors_support: add TF Serving's CORS headers to every API answer.
     """
 
     max_body_bytes: int = sig.DEFAULT_MAX_MESSAGE_BYTES
@@ -283,23 +302,47 @@ class RestOptions:
     large_body_bytes: int = 4 << 20
     max_large_bodies: int = 2
     large_body_wait_s: float = 30.0
+    prometheus_path: str | None = None
+    enable_cors_support: bool = False
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=json.dumps({"error": message}).encode(), content_type="application/json")
 
 
-def _answer(fn: Callable[[], dict]) -> tuple[int, bytes]:
-    """Run one API call (on a pool thread) and encode its answer or its error as TF Serving does."""
+def _answer(fn: Callable[[], dict]) -> tuple[int, bytes, str]:
+    """Run one API call (on a pool thread) and encode its answer or its error as TF Serving does.
+
+    Returns:
+        The HTTP status, the body and the canonical status name the call is counted under.
+    """
     try:
-        return 200, json.dumps(fn()).encode()
+        return 200, json.dumps(fn()).encode(), "OK"
     except ServingError as err:
         _release_frames(err)
-        return err.http_status, json.dumps({"error": err.message}).encode()
+        return err.http_status, json.dumps({"error": err.message}).encode(), err.code.name
     except Exception as err:  # noqa: BLE001 - the server keeps serving whatever one request does
         log.exception("REST request failed")
         _release_frames(err)
-        return 500, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode()
+        return 500, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode(), "INTERNAL"
+
+
+def _measured_answer(fn: Callable[[], dict], metrics: monitoring.Metrics, call: monitoring.Call) -> tuple[int, bytes]:
+    """`_answer`, counted and timed under `call` (on the pool thread, where `answered_by` notes the version)."""
+    with metrics.measure(call):
+        status, body, status_name = _answer(fn)
+    metrics.record(call, status_name)
+    return status, body
+
+
+def _rest_call(method: str, path: str) -> monitoring.Call:
+    """What TF Serving's REST dispatcher records a call under: the model in the path and its `:method`."""
+    match = (_POST if method == "POST" else _GET).match(path) if method in ("GET", "POST") else None
+    return monitoring.Call(
+        model_name=match.group("name") if match else "",
+        api=match.group("method") if match and method == "POST" else "",
+        entrypoint="REST",
+    )
 
 
 def _release_frames(err: BaseException) -> None:
@@ -480,24 +523,39 @@ class RestServer:
             response = _error(405, f"Method not allowed: {method}")
             response.headers["Allow"] = ", ".join(_METHODS)
             return response
+        if self.options.prometheus_path is not None and path == self.options.prometheus_path:
+            page = self.api.metrics.prometheus_page()
+            return web.Response(status=200, body=page.encode(), headers={"Content-Type": "text/plain"})
         if not _API_PATH.fullmatch(path):
             return _error(404, f"Not found: {method} {path}")
+        response = await self._api_call(request, method, path)
+        if self.options.enable_cors_support:
+            response.headers.update(_CORS_HEADERS)
+        return response
+
+    async def _api_call(self, request: web.BaseRequest, method: str, path: str) -> web.StreamResponse:
+        call = _rest_call(method, path)
         if method == "GET":
-            return await self._call(lambda: self.api.get(path))
+            return await self._call(lambda: self.api.get(path), call)
         if method == "POST":
-            return await self._post(request, path)
+            return await self._post(request, path, call)
         if method == "OPTIONS":
             # TF Serving answers a CORS preflight itself: OK with an Origin, FAILED_PRECONDITION without.
             if _CORS_ORIGIN.search(request.headers.get("Origin", "")):
+                self.api.metrics.record(call, "OK")
                 return web.Response(status=200)
+            self.api.metrics.record(call, "FAILED_PRECONDITION")
             return _error(400, "Origin header is missing in CORS preflight")
+        self.api.metrics.record(call, "INVALID_ARGUMENT")
         return _error(400, f"Malformed request: {method} {path}")
 
-    async def _call(self, fn: Callable[[], dict]) -> web.Response:
-        status, body = await asyncio.get_running_loop().run_in_executor(self._pool, _answer, fn)
+    async def _call(self, fn: Callable[[], dict], call: monitoring.Call) -> web.Response:
+        status, body = await asyncio.get_running_loop().run_in_executor(
+            self._pool, _measured_answer, fn, self.api.metrics, call
+        )
         return web.Response(status=status, body=body, content_type="application/json")
 
-    async def _post(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+    async def _post(self, request: web.BaseRequest, path: str, call: monitoring.Call) -> web.StreamResponse:
         limit = self.options.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -512,7 +570,7 @@ class RestServer:
             if request.headers.get("Expect", "").lower() == "100-continue":
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = await self._read_body(request, slot)
-            return await self._call(lambda: self.api.post(path, body))
+            return await self._call(lambda: self.api.post(path, body), call)
         except TimeoutError:
             response = _error(408, f"Request body not received within {self.options.body_timeout_s:g}s")
         except _NoTurn:

@@ -1,4 +1,10 @@
-"""The model server process: options named after tensorflow_model_server's flags, gRPC + REST + polling."""
+"""The model server process: options named after tensorflow_model_server's flags, gRPC + REST + polling.
+
+gRPC listens on a TCP port and, with `grpc_socket_path`, on a Unix socket too (only there when
+`port` is 0, as tensorflow_model_server does; port 0 alone binds an ephemeral port instead, which
+tensorflow_model_server refuses). REST listens on its own port, with the Prometheus page when
+the monitoring config enables it.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,9 @@ from core.errors import StepError
 from serving import contract as sig
 from serving import model_config
 from serving.server import config as server_config
+from serving.server import credentials, monitoring
 from serving.server.grpc_service import ModelService, PredictionService
+from serving.server.health import HealthService
 from serving.server.manager import ManagerOptions, ModelManager
 from serving.server.rest import RestApi, RestOptions, RestServer
 
@@ -40,6 +48,8 @@ class ServerOptions:
     batching_parameters_file: str = ""
     file_system_poll_wait_seconds: float = 1.0
     enable_model_warmup: bool = True
+    enable_signature_method_name_check: bool = False
+    saved_model_tags: str = "serve"
     allow_version_labels_for_unavailable_models: bool = False
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60_000_000
@@ -53,8 +63,15 @@ class ServerOptions:
     # an idle keep-alive connection stays open) and over its body.
     rest_api_header_timeout_in_ms: int = 15_000
     rest_api_read_timeout_in_ms: int = 60_000
+    tensorflow_session_parallelism: int = 0
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
+    grpc_socket_path: str = ""
+    monitoring_config_file: str = ""
+    rest_api_enable_cors_support: bool = False
+    enable_grpc_healthcheck_service: bool = False
+    use_alts_credentials: bool = False
+    ssl_config_file: str = ""
     # Not a tensorflow_model_server flag: TF Serving shares a gRPC port with a second server
     # (SO_REUSEPORT), which hides a stale one; here that takes asking for.
     grpc_allow_port_sharing: bool = False
@@ -71,11 +88,46 @@ def channel_arguments(text: str) -> list[tuple[str, Any]]:
     return options
 
 
+def saved_model_tags(text: str) -> tuple[str, ...]:
+    """`--saved_model_tags=tpu,serve` as the tag set a version's meta graph is chosen by (`serve` when empty)."""
+    return tuple(tag.strip() for tag in text.split(",") if tag.strip()) or ("serve",)
+
+
+def thread_counts(options: ServerOptions) -> tuple[int, int]:
+    """(intra-op, inter-op) TensorFlow threads, 0 for TensorFlow's choice, as tensorflow_model_server sets them.
+
+    Raises:
+        StepError: all three parallelism flags set, which tensorflow_model_server refuses too.
+    """
+    intra, inter, session = (
+        options.tensorflow_intra_op_parallelism,
+        options.tensorflow_inter_op_parallelism,
+        options.tensorflow_session_parallelism,
+    )
+    if intra > 0 and inter > 0 and session > 0:
+        raise StepError(
+            "Either configure --tensorflow_session_parallelism or (--tensorflow_intra_op_parallelism, "
+            "--tensorflow_inter_op_parallelism) separately. You cannot configure all."
+        )
+    if intra > 0 or inter > 0:
+        return max(intra, 0), max(inter, 0)
+    return max(session, 0), max(session, 0)
+
+
 def batching_from(
     options: ServerOptions, serving: ServingConfig | None = None
 ) -> server_config.BatchingParameters | None:
-    """The batching parameters in effect: the file when given, else the project's serving config."""
+    """The batching parameters in effect: the file when given, else the project's serving config.
+
+    Raises:
+        StepError: a batching file without `enable_batching`, which tensorflow_model_server refuses too.
+    """
     if not options.enable_batching:
+        if options.batching_parameters_file:
+            raise StepError(
+                "--batching_parameters_file is set without setting --enable_batching to true (batching is off by "
+                "default, as in tensorflow_model_server)"
+            )
         return None
     if options.batching_parameters_file:
         return server_config.read_batching_parameters(options.batching_parameters_file)
@@ -89,6 +141,15 @@ class ModelServer:
         self.options = options
         if bool(options.model_config_file) == bool(options.model_base_path):
             raise StepError("give exactly one of --model_config_file and --model_base_path")
+        self._threads = thread_counts(options)
+        # Read now, as the model config is: a bad file fails before a port is bound or a model loads.
+        self._credentials = credentials.server_credentials(options.use_alts_credentials, options.ssl_config_file)
+        self.monitoring = (
+            monitoring.read_monitoring_config(options.monitoring_config_file)
+            if options.monitoring_config_file
+            else monitoring.MonitoringConfig()
+        )
+        self.metrics = monitoring.Metrics()
         if options.model_config_file:
             self._config_text = storage.read_bytes(options.model_config_file).decode()
             config = model_config.parse_model_server_config(self._config_text, options.model_config_file)
@@ -104,12 +165,15 @@ class ModelServer:
                 file_system_poll_wait_seconds=options.file_system_poll_wait_seconds,
                 max_num_load_retries=options.max_num_load_retries,
                 load_retry_interval_micros=options.load_retry_interval_micros,
+                enable_signature_method_name_check=options.enable_signature_method_name_check,
+                saved_model_tags=saved_model_tags(options.saved_model_tags),
             ),
         )
         self.grpc_port = 0
         self.rest_port = 0
         self._grpc: grpc.Server | None = None
         self._rest: RestServer | None = None
+        self._health: HealthService | None = None
         self._stop = threading.Event()
         self._config_poller: threading.Thread | None = None
 
@@ -125,10 +189,11 @@ class ModelServer:
 
         from serving.server.errors import ServingError
 
-        if self.options.tensorflow_intra_op_parallelism:
-            tf.config.threading.set_intra_op_parallelism_threads(self.options.tensorflow_intra_op_parallelism)
-        if self.options.tensorflow_inter_op_parallelism:
-            tf.config.threading.set_inter_op_parallelism_threads(self.options.tensorflow_inter_op_parallelism)
+        intra, inter = self._threads
+        if intra:
+            tf.config.threading.set_intra_op_parallelism_threads(intra)
+        if inter:
+            tf.config.threading.set_inter_op_parallelism_threads(inter)
         self._bind()
         try:
             self.manager.start()
@@ -139,10 +204,17 @@ class ModelServer:
                 "(fix the config, publish the version, or pass --allow_version_labels_for_unavailable_models)"
             ) from err
         self._grpc.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.grpc_port)
+        if self.grpc_port:
+            log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.grpc_port)
+        if self.options.grpc_socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", self.options.grpc_socket_path)
         if self._rest:
             self._rest.start()
             log.info("Exporting HTTP/REST API at:%s:%d ...", self.options.host, self.rest_port)
+            if self.monitoring.prometheus_enabled:
+                log.info("Prometheus metrics at %s", self.monitoring.prometheus_path)
+        elif self.monitoring.prometheus_enabled:
+            log.warning("the monitoring config enables Prometheus, which is served on the REST port: REST is off")
         if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
             self._config_poller = threading.Thread(target=self._poll_config, name="config-poller", daemon=True)
             self._config_poller.start()
@@ -150,20 +222,29 @@ class ModelServer:
 
     def _bind(self) -> None:
         host = self.options.host
+        rest_port = self.options.rest_api_port
+        if rest_port and rest_port == self.options.port:
+            log.error(
+                "--rest_api_port cannot be the same as --port. Please use a different port for HTTP/REST API. "
+                "Skipped exporting HTTP/REST API."
+            )
+            rest_port = 0
         # REST first: a plain socket releases its port at once when the gRPC bind then fails.
-        if self.options.rest_api_port:
-            api = RestApi(self.manager, self.options.rest_api_timeout_in_ms / 1000)
+        if rest_port:
+            api = RestApi(self.manager, self.options.rest_api_timeout_in_ms / 1000, self.metrics)
             rest_options = RestOptions(
                 max_body_bytes=self.options.max_message_bytes,
                 header_timeout_s=self.options.rest_api_header_timeout_in_ms / 1000,
                 body_timeout_s=self.options.rest_api_read_timeout_in_ms / 1000,
                 num_threads=self.options.rest_api_num_threads or self.options.grpc_max_threads,
+                prometheus_path=self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None,
+                enable_cors_support=self.options.rest_api_enable_cors_support,
             )
             try:
-                self._rest = RestServer(api, host, self.options.rest_api_port, rest_options)
+                self._rest = RestServer(api, host, rest_port, rest_options)
             except OSError as err:
                 raise StepError(
-                    f"REST port {host}:{self.options.rest_api_port} is already in use ({err.strerror}): stop the "
+                    f"REST port {host}:{rest_port} is already in use ({err.strerror}): stop the "
                     "other server or pick another --rest_api_port (0 turns REST off)"
                 ) from err
             self.rest_port = self._rest.port
@@ -177,20 +258,40 @@ class ModelServer:
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.options.grpc_max_threads, thread_name_prefix="grpc"),
             options=grpc_options,
+            interceptors=[monitoring.GrpcMetricsInterceptor(self.metrics)],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.manager), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.manager), self._grpc)
-        try:
-            self.grpc_port = self._grpc.add_insecure_port(f"{host}:{self.options.port}")
-        except RuntimeError:
-            self.grpc_port = 0
-        if not self.grpc_port:
-            self._grpc = None
+        if self.options.enable_grpc_healthcheck_service:
+            self._health = HealthService()
+            self._grpc.add_generic_rpc_handlers((self._health.generic_handler(),))
+        socket_path = self.options.grpc_socket_path
+        # Port 0 with a socket: the socket only, as tensorflow_model_server does.
+        if self.options.port or not socket_path:
+            self.grpc_port = self._add_port(f"{host}:{self.options.port}")
+            if not self.grpc_port:
+                self._grpc = None
+                self._unbind()
+                raise StepError(
+                    f"gRPC port {host}:{self.options.port} is already in use: stop the other server, pick another "
+                    "--port, or pass --grpc_allow_port_sharing=true to share it as tensorflow_model_server does"
+                )
+        if socket_path and not self._add_port(f"unix:{socket_path}"):
             self._unbind()
             raise StepError(
-                f"gRPC port {host}:{self.options.port} is already in use: stop the other server, pick another "
-                "--port, or pass --grpc_allow_port_sharing=true to share it as tensorflow_model_server does"
+                f"cannot listen on the Unix socket {socket_path}: its folder must exist and be writable, and the "
+                "path must not be an existing file other than a socket"
             )
+
+    def _add_port(self, address: str) -> int:
+        """Listen on `address` with the configured credentials; the port (1 for a Unix socket), 0 when it fails."""
+        assert self._grpc is not None
+        try:
+            if self._credentials is None:
+                return self._grpc.add_insecure_port(address)
+            return self._grpc.add_secure_port(address, self._credentials)
+        except RuntimeError:
+            return 0
 
     def _unbind(self) -> None:
         if self._rest:
@@ -220,6 +321,8 @@ class ModelServer:
     def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting requests, let in-flight ones finish, unload every model."""
         self._stop.set()
+        if self._health:
+            self._health.shut_down()
         if self._rest:
             self._rest.stop(grace_s)
         if self._grpc:
