@@ -65,6 +65,9 @@ bench-train-throughput: setup ## Benchmark: cpu-full training images/s, float32 
 bench-train-input: setup ## Training input pipeline vs training-step throughput (DATA=...)
 	$(PY) -m bench.train_input --data $(DATA)
 
+bench-warm-start: setup ## Warm start vs from scratch on a catalogue grown by 10% (demo preset, 6,000 products of the shared zip)
+	$(PY) -m bench.warm_start --source $(SHARED_ZIP) --limit 6000 --preset demo --out runs/bench-warm-start-$$(date +%Y%m%d-%H%M%S)
+
 bench-gpu-train: setup ## GPU: unified vs bare ResNet-50 training images/s (JAX backend, bf16, batch 256)
 	KERAS_BACKEND=jax $(PY) -m bench.gpu_train_step --batch-size 256 --precision mixed_bfloat16
 
@@ -106,5 +109,5 @@ compile: setup ## Compile the pipeline to pipeline.yaml for Kubeflow (PRESET=, C
 clean: ## Remove run outputs (keeps the virtual environment)
 	rm -rf runs .pytest_cache
 
-.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-throughput bench-train-input \
+.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-throughput bench-train-input bench-warm-start \
 	bench-gpu-train bench-evaluate bench-compare-heads train evaluate serve mlflow-ui images compile clean

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,21 @@ def _choice(*allowed: Any) -> dict[str, Any]:
 
 def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
     return {"min": lo, "max": hi}
+
+
+# A model to start training from: a registry version (`models:/<name>/<version>`), a registry alias
+# (`models:/<name>@<alias>`), or a model folder written by the trainer (a path with a `/`, or gs://).
+_MODEL_URI = re.compile(r"^(models:/[^/@\s]+(/[0-9]+|@[A-Za-z0-9_-]+)|gs://[^/\s]+/\S*|[^:\s]*/\S*)$")
+MODEL_URI_FORMS = "models:/<name>/<version>, models:/<name>@<alias>, a model folder (a path with a /) or gs://..."
+
+
+def is_model_uri(value: str) -> bool:
+    """Whether `value` names a model to start training from (see `MODEL_URI_FORMS`)."""
+    return bool(_MODEL_URI.match(value))
+
+
+def _choice_or_model_uri(*allowed: str) -> dict[str, Any]:
+    return {"choices": allowed, "or_model_uri": True}
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,17 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata=_range(0.0, 1.0))
     clip_norm: float = field(default=0.0, metadata=_range(0.0, None))
     seed: int = 42
+    # How training starts. `scratch`: random weights. `champion`: the backbone and shared layers of the
+    # registry's serving champion, its heads resized to this catalogue's classes (a known class keeps its
+    # weights, a new one starts fresh); the first run, with no champion yet, starts from scratch.
+    # Or a model URI (MODEL_URI_FORMS) to start from that model the same way.
+    init: str = field(default="champion", metadata=_choice_or_model_uri("scratch", "champion"))
+    # Epochs of a warm-started training (0: `epochs`): a model that starts from one that already
+    # learnt most of the catalogue needs fewer.
+    warm_start_epochs: int = field(default=0, metadata=_range(0, 10_000))
+    # Skip training when the catalogue (ids and labels) and the training settings are those the
+    # champion was trained on; `fashion run --force` retrains anyway.
+    skip_unchanged: bool = True
 
 
 @dataclass(frozen=True)
@@ -312,6 +339,10 @@ def _check(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     choices = meta.get("choices")
     if choices is not None and value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
+        if meta.get("or_model_uri"):
+            if isinstance(value, str) and is_model_uri(value):
+                return
+            allowed += f" or a model URI ({MODEL_URI_FORMS})"
         raise ConfigError(f"{name}: got {value!r}, allowed: {allowed}")
     lo, hi = meta.get("min"), meta.get("max")
     if isinstance(value, Mapping):

@@ -41,7 +41,12 @@ TRAIN_STATE = "state.json"
 # A checkpoint mirrored to object storage: the model files alternate between two folders, so the
 # one `state.json` names stays whole while the next epoch's upload is under way.
 CHECKPOINT_SLOTS = ("slot-0", "slot-1")
-MODEL_FOLDER_FILES = (MODEL, MODEL_CONFIG, LABELS, HISTORY, CONFIG)
+# The catalogue the model learnt from (`core.catalogue`: ids, labels, the training fingerprint), how its
+# training started (`warm_start.json`), and, in place of a model, why training was skipped (`unchanged.json`).
+CATALOGUE = "catalogue.json"
+WARM_START = "warm_start.json"
+UNCHANGED = "unchanged.json"
+MODEL_FOLDER_FILES = (MODEL, MODEL_CONFIG, LABELS, HISTORY, CONFIG, CATALOGUE, WARM_START)
 # The MLflow run training opened (its id, experiment and pipeline run); evaluate and register continue it.
 MLFLOW_RUN = "mlflow_run.json"
 

@@ -136,6 +136,15 @@ def record_evaluation(result: Any, evaluation, metrics, confusion, report, summa
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(folder / src, artifact.path)
     evaluation.metadata.update({"blessed": bool(result.blessed), "reason": str(result.reason), **values})
+    # What the gate compared with (the champion on the same photos) and how the catalogue drifted.
+    evaluation.metadata["unchanged"] = bool(getattr(result, "unchanged", False))
+    evaluation.metadata["drift"] = str(getattr(result, "drift", ""))
+    champion = getattr(result, "champion", None) or {}
+    if champion:
+        evaluation.metadata["champion"] = str(champion.get("model", ""))
+        for name, value in sorted((champion.get("scalars") or {}).items()):
+            evaluation.metadata[f"champion_{name}"] = float(value)
+            metrics.log_metric(f"champion_{name}", float(value))
     return bool(result.blessed)
 
 

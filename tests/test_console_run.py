@@ -47,7 +47,8 @@ def runs(tmp_path_factory, demo_dir):
     workdir, ports = root / "work", (free_port(), free_port())
     try:
         quiet = fashion_run(catalogue, workdir, ports)
-        verbose = fashion_run(catalogue, workdir, ports, "-v", "--set=evaluate.floors.attributes_map=1.0")
+        # --force: the same catalogue and settings would otherwise not be trained again (exit 4).
+        verbose = fashion_run(catalogue, workdir, ports, "-v", "--set=evaluate.floors.attributes_map=1.0", "--force")
         yield quiet, verbose
     finally:
         stop_server(workdir)

@@ -64,7 +64,7 @@ def test_edges_follow_the_data(paper_spec):
     tasks = _tasks(paper_spec)
     deps = {name: set(t.get("dependentTasks", [])) for name, (_, t) in tasks.items()}
     assert deps["resize-images"] == {"ingest-images"}
-    assert deps["train-model"] == {"resize-images"}
+    assert deps["train-model"] == {"resize-images", "ingest-images"}  # the manifest: the catalogue vs the champion's
     assert deps["evaluate-model"] == {"train-model", "resize-images"}
     assert deps["register-model"] == set()  # inside the gate's sub-DAG, fed through its inputs
     assert deps["deploy-model"] == {"register-model"}

@@ -195,8 +195,10 @@ def test_a_failed_first_run_stops_the_server_it_started(tmp_path, catalogue, cap
 
 
 def test_a_gate_rejected_run_exits_with_its_own_code_and_keeps_the_champion(run, catalogue, capsys):
-    # No model reaches a mAP of 1.0: the gate rejects this candidate, the run itself succeeds.
-    code = fashion_run(catalogue, run.workdir, run.grpc_port, run.rest_port, "--set=evaluate.floors.attributes_map=1.0")
+    # No model reaches a mAP of 1.0: the gate rejects this candidate, the run itself succeeds. --force:
+    # the catalogue and settings are the champion's, which would otherwise not be trained again (exit 4).
+    floor = "--set=evaluate.floors.attributes_map=1.0"
+    code = fashion_run(catalogue, run.workdir, run.grpc_port, run.rest_port, floor, "--force")
     out = capsys.readouterr().out
     assert code == 3
     assert "Gate: NOT PASSED" in out and "attributes_map" in out

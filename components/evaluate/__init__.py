@@ -14,6 +14,7 @@ _EXPORTS = {
     "GateDecision": "components.evaluate.gate",
     "decide": "components.evaluate.gate",
     "EvaluationResult": "components.evaluate.step",
+    "evaluate_against_champion": "components.evaluate.step",
     "evaluate_model": "components.evaluate.step",
     "write_evaluation": "components.evaluate.step",
 }

@@ -1,9 +1,11 @@
 """The gate: may this model replace the one in production? Absolute floors plus non-regression.
 
 A candidate is blessed when every metric named in `floors` reaches its floor and every metric
-named in `tolerances` is no worse than the champion's by more than its tolerance. Metrics are
-higher-is-better; tolerances are absolute differences (0.01 = one point of accuracy). Without a
-champion (the first run) only the floors apply. The reason lists every check, passed or failed,
+named in `tolerances` is no worse than the champion's by more than its tolerance. In a pipeline
+run the champion's metrics are measured in the same step on the same test photos
+(`components.evaluate.champion`), so both sit the same exam. Metrics are higher-is-better;
+tolerances are absolute differences (0.01 = one point of accuracy). Without a champion (the first
+run) only the floors apply. The reason lists every check, passed or failed,
 and by how much, so a person reading the run sees why.
 """
 
@@ -91,6 +93,7 @@ def decide(
     champion: Mapping[str, Any] | None,
     floors: Mapping[str, float],
     tolerances: Mapping[str, float],
+    champion_source: str = "",
 ) -> GateDecision:
     """Decide whether the candidate may replace the champion.
 
@@ -99,6 +102,8 @@ def decide(
         champion: the champion's flat scalars, or None when nothing is in production yet.
         floors: metric -> least acceptable value.
         tolerances: metric -> how much worse than the champion the candidate may be.
+        champion_source: where the champion's scalars come from, for the reason (e.g. `champion
+            version 3 on the same 119 test photos`).
 
     Returns:
         The GateDecision; a metric a floor or tolerance names but the candidate lacks fails the gate,
@@ -129,6 +134,8 @@ def decide(
         checks.append(_champion_check(metric, value, reference, float(tolerances[metric])))
     if champion is None:
         notes.append("no champion yet: floors only")
+    elif champion_source:
+        notes.append(f"against {champion_source}")
     if not checks:
         notes.append("no floors or tolerances configured: nothing to check")
     failed = [c for c in checks if not c.passed]

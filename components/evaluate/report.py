@@ -13,11 +13,15 @@ import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.evaluate.evaluation import WORST_MIN_SUPPORT, Evaluation
 from components.evaluate.gate import GateDecision
 from components.evaluate.scalars import describe, group_key
+
+if TYPE_CHECKING:
+    from components.evaluate.champion import ChampionScore
+    from core.catalogue import CatalogueDrift
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,131 @@ def _gate_blocks(gate: GateDecision) -> list[Any]:
     return blocks
 
 
+# The metrics the champion comparison shows, after the gated ones.
+COMPARED = (
+    ("category accuracy", "category_accuracy"),
+    ("sub-category accuracy", "subcategory_accuracy"),
+    ("category OF1", "category_of1"),
+    ("sub-category OF1", "subcategory_of1"),
+    ("sub-category macro-F1", "subcategory_macro_f1"),
+    ("sub-category top-5 accuracy", "subcategory_top5_accuracy"),
+    ("attributes OF1", "attributes_of1"),
+    ("attributes mAP", "attributes_map"),
+    ("attribute groups accuracy", "attributes_group_accuracy"),
+    ("hierarchy consistency", "hierarchy_consistency"),
+)
+
+
+def _few(counts: dict[str, int] | list[str], limit: int = 5) -> str:
+    """`Shirts (12), Tops (3), +2 more` from label counts, or the first labels of a list."""
+    if isinstance(counts, dict):
+        names = [f"{k} ({v:,})" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+    else:
+        names = list(counts)
+    return ", ".join(names[:limit]) + (f", +{len(names) - limit} more" if len(names) > limit else "") or "none"
+
+
+def _champion_blocks(evaluation: Evaluation, gate: GateDecision, champion: ChampionScore) -> list[Any]:
+    ours, theirs = evaluation.scalars, champion.scalars
+    n = evaluation.details["num_test_examples"]
+    gated = [c.metric for c in gate.checks if c.kind == "champion" and not c.skipped]
+    labels = dict((key, label) for label, key in COMPARED)
+    keys = [*gated, *(key for _, key in COMPARED if key not in gated)]
+    rows = [
+        [
+            labels.get(key, key) + (" (gated)" if key in gated else ""),
+            pct(ours[key]),
+            pct(theirs[key]),
+            f"{100 * (ours[key] - theirs[key]):+.1f} pts",
+        ]
+        for key in keys
+        if key in ours and key in theirs
+    ]
+    prose = [
+        Paragraph(
+            f"Both models answered the same {n:,} test photos in this step; the gate's tolerances apply to "
+            f"this comparison. Champion: {champion.champion.description}."
+        )
+    ]
+    if champion.unknown_products:
+        unknown, count = champion.unknown, champion.unknown_products
+        photos = "1 test photo is of a class" if count == 1 else f"{count:,} test photos are of classes"
+        prose.append(
+            Paragraph(
+                f"{photos} the champion does not know (sub-categories: {_few(unknown.get('subcategory', {}))}; "
+                f"categories: {_few(unknown.get('category', {}))}): "
+                f"{'it counts as its error' if count == 1 else 'they count as its errors'}."
+            )
+        )
+    retired = {level: labels for level, labels in champion.retired.items() if labels and level != "attributes"}
+    if retired:
+        listed = "; ".join(f"{level}: {_few(names)}" for level, names in retired.items())
+        prose.append(
+            Paragraph(
+                f"The champion also knows classes the catalogue no longer has ({listed}): "
+                "answering one of them is always wrong."
+            )
+        )
+    if champion.resized:
+        prose.append(Paragraph(f"The test photos were resized for the champion's input ({champion.resized})."))
+    table = Table(["metric", "challenger", "champion", "challenger - champion"], rows)
+    return [Heading("Challenger vs champion on the same test photos"), *prose, table]
+
+
+def _drift_blocks(drift: CatalogueDrift | None, note: str) -> list[Any]:
+    heading = Heading("Catalogue drift since the champion's training data")
+    if drift is None:
+        return [heading, Paragraph(note)] if note else []
+    tiles = Tiles(
+        [
+            ("products then -> now", f"{drift.products_before:,} -> {drift.products_after:,}"),
+            ("new products", f"{drift.new:,}"),
+            ("vanished products", f"{drift.vanished:,}"),
+            ("relabelled products", f"{drift.relabelled:,}"),
+        ]
+    )
+    names = {"category": "category", "subcategory": "sub-category"}
+    rows = []
+    for level in drift.levels:
+        shifts = "; ".join(
+            f"{s['label']} {pct(s['before'])} -> {pct(s['after'])} ({100 * s['change']:+.1f} pts)"
+            for s in level.shifts[:3]
+        )
+        rows.append(
+            [
+                names.get(level.level, level.level),
+                f"{level.classes_before} -> {level.classes_after}",
+                _few(level.appeared),
+                _few(level.disappeared),
+                f"{level.relabelled:,}",
+                shifts or "none",
+            ]
+        )
+    columns = ["level", "classes then -> now", "appeared", "disappeared", "relabelled products", "largest share shifts"]
+    blocks: list[Any] = [heading, Paragraph(drift.summary()), tiles, Table(columns, rows)]
+    if drift.relabelled_examples:
+        examples = [
+            [e["id"], names.get(e["level"], e["level"]), e["before"], e["after"]] for e in drift.relabelled_examples
+        ]
+        blocks.append(Table(["product", "level", "was", "is now"], examples, "Some relabelled products"))
+    return blocks
+
+
+def unchanged_blocks(message: str, champion: str, force: str) -> list[Any]:
+    """The report of a run whose training was skipped: why, and how to retrain anyway."""
+    blocks: list[Any] = [
+        Heading("Not retrained: nothing new to learn", 1),
+        Paragraph(f"NOT EVALUATED: {message}", "bad"),
+        Paragraph(
+            "No model was trained, so there is nothing to evaluate or deploy: production keeps "
+            f"{'the champion (' + champion + ')' if champion else 'the champion'}."
+        ),
+    ]
+    if force:
+        blocks.append(Paragraph(f"To retrain anyway: {force}."))
+    return blocks
+
+
 def _level_blocks(evaluation: Evaluation, fig: dict[str, Figure]) -> list[Any]:
     s = evaluation.scalars
     d = evaluation.details
@@ -320,7 +449,15 @@ def _glossary_blocks(evaluation: Evaluation) -> list[Any]:
     return [Details(summary, [Table(["name", "value", "meaning"], rows)])]
 
 
-def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, Path], context: dict[str, str]) -> list:
+def build_blocks(
+    evaluation: Evaluation,
+    gate: GateDecision,
+    figures: dict[str, Path],
+    context: dict[str, str],
+    champion: ChampionScore | None = None,
+    drift: CatalogueDrift | None = None,
+    drift_note: str = "",
+) -> list:
     """The report's content.
 
     Args:
@@ -329,6 +466,9 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
         figures: figure name (`confusion_category`, `confusion_subcategory`, `attribute_pr_curves`,
             `samples`) -> PNG path; missing ones are left out.
         context: `model`, `data` and other lines to show under the title.
+        champion: the champion scored on the same test photos, shown side by side with the model.
+        drift: how the catalogue changed since the champion's training data.
+        drift_note: why the drift is unknown, when there is a champion but no `drift`.
 
     Returns:
         The list of blocks.
@@ -339,6 +479,8 @@ def build_blocks(evaluation: Evaluation, gate: GateDecision, figures: dict[str, 
     return [
         *_title_blocks(evaluation, context),
         *_gate_blocks(gate),
+        *(_champion_blocks(evaluation, gate, champion) if champion is not None else []),
+        *_drift_blocks(drift, drift_note),
         *_level_blocks(evaluation, fig),
         *_decoding_blocks(evaluation),
         *_attribute_blocks(evaluation, fig),

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 SPLIT = "test"
 PREDICT_BATCH = 256
 SMOKE_PHOTOS = 32  # photos exported next to predictions.jsonl when the manifest's are out of reach
+ELSEWHERE = "the champion's metrics measured elsewhere, not on these photos"
 
 FIGURES = {
     "confusion_category": "confusion_category.png",
@@ -213,7 +214,7 @@ def write_evaluation(
         champion_metrics = champion.scalars
         source = f"{champion.champion.description} on the same {n:,} test photos"
     else:
-        source = "the champion's metrics as given" if champion_metrics is not None else ""
+        source = ELSEWHERE if champion_metrics is not None else ""
     gate = decide(evaluation.scalars, champion_metrics, ev.floors, ev.tolerances, champion_source=source)
 
     ids = np.asarray(predictions["ids"]).astype(str)
@@ -275,7 +276,7 @@ def write_evaluation(
     if champion_metrics is not None:
         gated = sorted(set(ev.tolerances) & set(champion_metrics))
         compared = {
-            "model": champion.champion.description if champion is not None else "the champion's metrics as given",
+            "model": champion.champion.description if champion is not None else ELSEWHERE,
             "version": champion.champion.version if champion is not None else "",
             "scalars": {k: float(champion_metrics[k]) for k in gated},
         }
@@ -382,6 +383,8 @@ def evaluate_against_champion(model_dir: str, data_dir: str, out_dir: str, confi
         )
         if champion is None:
             log.info("no champion of %r yet: the gate applies the floors only", config.registry.model_name)
+        if isinstance(champion, dict):  # a champion without a model folder: its recorded metrics
+            return evaluate_model(model_dir, data_dir, out_dir, config, champion, tracking_uri=tracking_uri)
         return evaluate_model(model_dir, data_dir, out_dir, config, tracking_uri=tracking_uri, champion=champion)
 
 

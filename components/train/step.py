@@ -7,6 +7,11 @@ a crash resumes from the last completed epoch: on the same output folder (`fashi
 given a checkpoint root (a pipeline run, whose output folder is new every run), on the same data
 and settings.
 
+Before training it compares the catalogue and the settings with those the registry's champion was
+trained on (`retrain`): unchanged, it trains nothing and says so; changed, it says what changed.
+Training starts where `train.init` says (`warm_start`): from scratch, or from the champion's or
+another model's weights, its heads resized to the new catalogue's classes.
+
 The callbacks live in `callbacks`, the device and precision choice in `devices`, the model
 folder's writing in `model_folder`; this module holds the step and its training loop.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import random
 import tempfile
@@ -28,6 +34,7 @@ import keras
 import numpy as np
 
 from components.train import data as train_data
+from components.train import retrain, warm_start
 from components.train.callbacks import (
     BatchNormRecalibration,
     EpochCheckpoint,
@@ -44,8 +51,11 @@ from components.train.model import build_model
 from components.train.model_folder import write_model_folder
 from components.train.optim import make_optimizer
 from core import layouts, records, storage
+from core.catalogue import CatalogueSnapshot
 from core.config import Config, TrainConfig
 from core.errors import StepError
+from core.labels import LabelSchema
+from core.retry import call_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +78,9 @@ class TrainResult:
         final_metrics: the best epoch's metrics.
         checkpoint_uri: where the checkpoints are kept (a local folder or a gs:// URI).
         mlflow_run_id: the MLflow run that received the epochs live ('' when not tracked).
+        unchanged: why nothing was trained (the catalogue and settings are the champion's); '' when trained.
+        changes: what changed since the champion was trained ('' when there is no champion to compare with).
+        warm_start: what a warm start copied (`warm_start.WarmStart.to_dict()`); {} from scratch.
     """
 
     model_dir: Path
@@ -79,6 +92,9 @@ class TrainResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
     checkpoint_uri: str = ""
     mlflow_run_id: str = ""
+    unchanged: str = ""
+    changes: str = ""
+    warm_start: dict[str, Any] = field(default_factory=dict)
 
 
 def set_seeds(seed: int) -> None:
@@ -154,7 +170,12 @@ def _checkpoint_folder(
 
 
 def train_model(
-    data_dir: str, out_dir: str, config: Config, checkpoint_root: str = "", pipeline_run_id: str = ""
+    data_dir: str,
+    out_dir: str,
+    config: Config,
+    checkpoint_root: str = "",
+    pipeline_run_id: str = "",
+    manifest_uri: str = "",
 ) -> TrainResult:
     """Train the configured model on a preprocess output folder and write the model folder.
 
@@ -169,26 +190,48 @@ def train_model(
         pipeline_run_id: the pipeline run this training belongs to: its MLflow run opens now (in
             `config.registry`'s store), takes every epoch's metrics as the epoch ends, and is named
             in the model folder for the evaluate and register steps. Empty: not tracked.
+        manifest_uri: the ingest manifest the shards were made from (default: the one `stats.json`
+            names): its ids and labels are compared with the champion's training catalogue and
+            stored with the model (`catalogue.json`).
 
     Returns:
-        The model folder, epochs run, best epoch and history.
+        The model folder, epochs run, best epoch and history; `unchanged` says why nothing was
+        trained when the catalogue and settings are the champion's (`train.skip_unchanged`).
 
     Raises:
-        StepError: the data folder is incomplete, or the checkpoint folder holds another run's checkpoints.
+        StepError: the data folder is incomplete, the checkpoint folder holds another run's
+            checkpoints, or `train.init` names a model that cannot be used.
     """
-    tc = config.train
     stats = layouts.read_stats(data_dir)
     schema = layouts.read_labels(data_dir)
     image_size = _image_size(stats)
     out = Path(out_dir)
     # Made here, not by the checkpoints or the logs: they may live elsewhere, or training be over already.
     out.mkdir(parents=True, exist_ok=True)
+    snapshot = _snapshot(manifest_uri or stats.get("manifest") or "", config)
+    check = None
+    if snapshot is not None:
+        check = call_with_retries(
+            lambda: retrain.check_against_champion(config, snapshot),
+            config.pipeline.retries,
+            config.pipeline.retry_backoff_s,
+            "compare the catalogue with the champion's",
+        )
+    if check is not None:
+        log.info("%s", check.message)
+        if check.unchanged and config.train.skip_unchanged:
+            retrain.write_unchanged(out, check, snapshot, config)
+            log.warning("not retrained: %s; `fashion run --force` retrains anyway", check.message)
+            return TrainResult(out, out / layouts.UNCHANGED, 0, 0, 0, unchanged=check.message, changes=check.message)
     with contextlib.ExitStack() as stack:
-        tracked = stack.enter_context(training_run(out, data_dir, config, pipeline_run_id))
-        checkpoint_dir, mirror_uri = _checkpoint_folder(stack, out, data_dir, config, checkpoint_root)
+        source, trained = _start(config, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="init-"))))
+        tc = trained.train
+        tracked = stack.enter_context(training_run(out, data_dir, trained, pipeline_run_id))
+        _tag_run(tracked, source, check)
+        checkpoint_dir, mirror_uri = _checkpoint_folder(stack, out, data_dir, trained, checkpoint_root)
         checkpoint_uri = mirror_uri or str(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = resume_state(checkpoint_dir, config)
+        state = resume_state(checkpoint_dir, trained)
         resumed_from = int(state["epochs_done"])
         if resumed_from and not _finished(state, tc):
             log.info("resuming training from epoch %d of %d: checkpoint %s", resumed_from, tc.epochs, checkpoint_uri)
@@ -196,9 +239,14 @@ def train_model(
             log.info("training finished earlier, after epoch %d: reusing checkpoint %s", resumed_from, checkpoint_uri)
         tracked.log_history(state["history"])  # the epochs a resumed training starts after
         checkpointer = EpochCheckpoint(checkpoint_dir, tc.early_stopping_patience, state, mirror_uri=mirror_uri)
-        model = _fit(data_dir, out, config, stats, schema.sizes, image_size, checkpointer, tracked.callbacks())
+        model, warm = _fit(data_dir, out, trained, stats, schema, image_size, checkpointer, tracked.callbacks(), source)
         summary = _summary(state, resumed_from)
-        model_path = write_model_folder(out, model, config, schema, stats, image_size, summary)
+        model_path = write_model_folder(out, model, trained, schema, stats, image_size, summary)
+        if snapshot is not None:
+            # The requested settings, not those of this start: the next run compares its own with them.
+            retrain.write_catalogue(out, snapshot, config)
+        if warm:
+            (out / layouts.WARM_START).write_text(json.dumps(warm, indent=2) + "\n")
         tracked.finish(summary)
     log.info("model folder written to %s (best epoch %d of %d)", out, summary["best_epoch"], summary["epochs_run"])
     return TrainResult(
@@ -211,7 +259,67 @@ def train_model(
         final_metrics=summary["best_metrics"],
         checkpoint_uri=checkpoint_uri,
         mlflow_run_id=tracked.run_id,
+        changes=check.message if check is not None else "",
+        warm_start=warm,
     )
+
+
+def _snapshot(manifest_uri: str, config: Config) -> CatalogueSnapshot | None:
+    """The ids and labels of the training catalogue, None (with a warning) when its manifest is out of reach."""
+    if not manifest_uri:
+        log.warning("no ingest manifest known: the catalogue is not compared with the champion's, nor stored")
+        return None
+    try:
+        return CatalogueSnapshot.from_manifest(str(manifest_uri), config.labels.attributes)
+    except StepError as err:
+        log.warning("%s: the catalogue is not compared with the champion's, nor stored", err)
+        return None
+
+
+def _start(config: Config, init_dir: Path) -> tuple[warm_start.InitSource | None, Config]:
+    """Where training starts (`train.init`) and the settings it trains with.
+
+    The settings name the start for good (`train.init` is the source's `models:/<name>/<version>`
+    or folder, `scratch` without one) and a warm start's epochs (`train.warm_start_epochs`), so
+    the checkpoints of a warm start from one champion are never resumed from another's.
+    """
+    source = warm_start.resolve_init(config, init_dir)
+    if source is not None:
+        changed = warm_start.architecture_changes(config, source)
+        if changed and source.champion:
+            log.warning(
+                "not warm-starting from %s: its %s differ from this run's; training from scratch",
+                source.description,
+                ", ".join(changed),
+            )
+            source = None
+        elif changed:
+            raise StepError(
+                f"train.init={config.train.init}: {source.description} was trained with other {', '.join(changed)}; "
+                "use the same model settings or train.init=scratch"
+            )
+    if source is None:
+        return None, dataclasses.replace(config, train=dataclasses.replace(config.train, init="scratch"))
+    epochs = warm_start.epochs_of(config)
+    log.info("warm start from %s: %d epochs (train.warm_start_epochs)", source.description, epochs)
+    train = dataclasses.replace(config.train, init=source.uri, epochs=epochs)
+    return source, dataclasses.replace(config, train=train)
+
+
+def _tag_run(tracked: Any, source: warm_start.InitSource | None, check: retrain.RetrainCheck | None) -> None:
+    """Name the training's start and what changed since the champion on its MLflow run."""
+    if not tracked.run_id:
+        return
+    from components.register.backend import backend_exceptions
+
+    tags = {"train_init": source.uri if source else "scratch"}
+    if check is not None:
+        tags["catalogue_changes"] = check.message[:5000]
+    try:
+        for key, value in tags.items():
+            tracked.client.set_tag(tracked.run_id, key, value)
+    except backend_exceptions() as err:
+        log.warning("MLflow run %s did not take the tags %s: %s", tracked.run_id, sorted(tags), err)
 
 
 def _finished(state: Mapping[str, Any], tc: TrainConfig) -> bool:
@@ -224,13 +332,20 @@ def _fit(
     out: Path,
     config: Config,
     stats: Mapping[str, Any],
-    sizes: Mapping[str, int],
+    schema: LabelSchema,
     image_size: tuple[int, int],
     checkpointer: EpochCheckpoint,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> keras.Model:
-    """Build the model or load `checkpointer`'s, train the epochs left, and return it with the best weights."""
+    source: warm_start.InitSource | None = None,
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Build the model (from `source`'s weights when given) or load `checkpointer`'s, train the epochs left.
+
+    Returns:
+        The model with the best epoch's weights, and what the warm start copied ({} from scratch).
+    """
     tc, mc = config.train, config.model
+    sizes = schema.sizes
+    warm: dict[str, Any] = {}
     checkpoint_dir, resumed_from = checkpointer.dir, int(checkpointer.state["epochs_done"])
     set_seeds(tc.seed + resumed_from)
     n_train = _count_split(data_dir, "train")
@@ -258,8 +373,12 @@ def _fit(
         with strategy_scope(strategy):
             if resumed_from:
                 model = keras.models.load_model(checkpoint_dir / layouts.LAST_CHECKPOINT)
+                if source is not None:
+                    warm = {"source": source.uri, "description": source.description, "resumed_from": resumed_from}
             else:
                 model = build_model(mc, sizes, image_size)
+                if source is not None:
+                    warm = _warm_start(model, source, schema, tc.epochs)
                 losses = build_losses(stats, sizes, tc.class_weight_power, tc.label_smoothing)
                 compile_model(model, tc, losses, steps)
         train_ds = train_data.make_dataset(data_dir, "train", tc.batch_size, True, tc, repeat=True)
@@ -296,4 +415,18 @@ def _fit(
             model.load_weights(checkpoint_dir / layouts.BEST_WEIGHTS)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    return model
+    return model, warm
+
+
+def _warm_start(model: keras.Model, source: warm_start.InitSource, schema: LabelSchema, epochs: int) -> dict[str, Any]:
+    """Copy `source`'s weights into the freshly built `model` (heads by label string); what was copied."""
+    from components.train.model_folder import load_model
+
+    source_model = load_model(source.model_dir)
+    try:
+        copied = warm_start.transfer_weights(model, source_model, layouts.read_labels(source.model_dir), schema, source)
+    finally:
+        del source_model
+    copied.epochs = epochs
+    log.info("warm start %s", copied.summary())
+    return copied.to_dict()

@@ -161,7 +161,10 @@ def run_pipeline(
             # The step's own record (pipeline.metadata.recording_failure); its last printed error
             # line only when it died before it could write one (killed, or failed at import).
             step.message = step.message or tee.error_message(step.name) or "failed (see its log)"
-    if any(step.status == "skipped (gate)" for step in steps.values()):
+    trained = steps["train-model"].outputs.get("model", {}).get("metadata", {}) if "train-model" in steps else {}
+    if trained.get("unchanged"):
+        console.line("==> not retrained (catalogue and settings unchanged): register and deploy skipped")
+    elif any(step.status == "skipped (gate)" for step in steps.values()):
         console.line("==> gate not passed: register and deploy skipped, the champion keeps serving")
     failed = [s for s in steps.values() if s.status == "failed"]
     if failed:
