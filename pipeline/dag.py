@@ -64,6 +64,7 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None, checkpoin
         mlflow_tracking_uri: str = defaults["mlflow_tracking_uri"],
         model_base_path: str = defaults["model_base_path"],
         beam_args: list = defaults["beam_args"],
+        skip_unchanged: bool = defaults["skip_unchanged"],
     ):
         ingest = steps["ingest_images"](source_uri=source_uri, preset=preset, overrides=overrides)
         preprocess = steps["resize_images"](
@@ -82,6 +83,7 @@ def build_pipeline(config: Config, beam_args: list[str] | None = None, checkpoin
             # The champion's training catalogue is compared with this one's ids and labels before training.
             manifest=ingest.outputs["manifest"],
             model_name=model_name,
+            skip_unchanged=skip_unchanged,
         )
         train.set_caching_options(enable_caching=False)
         train.set_cpu_request(resources.train_cpu).set_memory_request(resources.train_memory)

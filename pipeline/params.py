@@ -3,8 +3,9 @@
 A compiled pipeline cannot hold a Python object, and a string blob of settings is unreadable in the
 Kubeflow UI. So the resolved Config travels as a preset name plus a dict of the fields that differ
 from that preset, and the settings users change per run (source, gate floors, model name, MLflow
-URI, model base path) are parameters of their own. Every step rebuilds the identical Config from
-them with `step_config`. No kfp import here: the step bodies import this module at run time.
+URI, model base path, whether an unchanged catalogue is skipped) are parameters of their own. Every
+step rebuilds the identical Config from them with `step_config`. No kfp import here: the step
+bodies import this module at run time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ DEDICATED = {
     "model_name": ("registry", "model_name"),
     "mlflow_tracking_uri": ("registry", "tracking_uri"),
     "model_base_path": ("serving", "model_base_path"),
+    # Only the train step reads it: `fashion run --force` leaves ingest and preprocess in the step cache.
+    "skip_unchanged": ("train", "skip_unchanged"),
 }
 
 

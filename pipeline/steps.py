@@ -76,6 +76,7 @@ def train_model(
     checkpoint_root: str = "",
     mlflow_tracking_uri: str = "",
     pipeline_run_id: str = "",
+    skip_unchanged: bool = True,
 ):
     """Train the unified network on the shards; the model folder is the output Model.
 
@@ -83,7 +84,8 @@ def train_model(
     the examples and the settings, not into this run's output: a re-run of a killed run resumes there.
     The pipeline run's MLflow run opens here and takes every epoch live; the model folder names it.
     A catalogue (the manifest's ids and labels) and settings the champion was trained on are not
-    trained again: the folder then holds `unchanged.json`, and the artifact's `unchanged` says why.
+    trained again (unless `skip_unchanged` is false): the folder then holds `unchanged.json`, and the
+    artifact's `unchanged` says why.
     """
     from components.train import step as trainer
     from pipeline.console import report_progress
@@ -92,7 +94,13 @@ def train_model(
 
     report_progress()
     with recording_failure(model):
-        config = step_config(preset, overrides, mlflow_tracking_uri=mlflow_tracking_uri, model_name=model_name)
+        config = step_config(
+            preset,
+            overrides,
+            mlflow_tracking_uri=mlflow_tracking_uri,
+            model_name=model_name,
+            skip_unchanged=skip_unchanged,
+        )
         result = trainer.train_model(
             examples.path,
             model.path,

@@ -177,6 +177,7 @@ def test_parameters_carry_the_resolved_config(paper_spec):
         "mlflow_tracking_uri",
         "model_base_path",
         "beam_args",
+        "skip_unchanged",
     }
     assert params["beam_args"]["parameterType"] == "LIST"
     assert params["source_uri"]["defaultValue"] == "gs://catalogue/fashion"

@@ -279,9 +279,10 @@ def _snapshot(manifest_uri: str, config: Config) -> CatalogueSnapshot | None:
 def _start(config: Config, init_dir: Path) -> tuple[warm_start.InitSource | None, Config]:
     """Where training starts (`train.init`) and the settings it trains with.
 
-    The settings name the start for good (`train.init` is the source's `models:/<name>/<version>`
-    or folder, `scratch` without one) and a warm start's epochs (`train.warm_start_epochs`), so
-    the checkpoints of a warm start from one champion are never resumed from another's.
+    A warm start's settings name its source for good (`train.init` becomes the source's
+    `models:/<name>/<version>` or folder) and its epochs (`train.warm_start_epochs`), so the
+    checkpoints of a warm start from one champion are never resumed from another's. From scratch
+    the settings are the run's own.
     """
     source = warm_start.resolve_init(config, init_dir)
     if source is not None:
@@ -299,7 +300,7 @@ def _start(config: Config, init_dir: Path) -> tuple[warm_start.InitSource | None
                 "use the same model settings or train.init=scratch"
             )
     if source is None:
-        return None, dataclasses.replace(config, train=dataclasses.replace(config.train, init="scratch"))
+        return None, config
     epochs = warm_start.epochs_of(config)
     log.info("warm start from %s: %d epochs (train.warm_start_epochs)", source.description, epochs)
     train = dataclasses.replace(config.train, init=source.uri, epochs=epochs)
