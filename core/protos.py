@@ -68,11 +68,16 @@ def build_example_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
     return build_descriptor_set((EXAMPLE_ROOT,))
 
 
+def write_descriptor_set(path: str | Path, files: descriptor_pb2.FileDescriptorSet) -> Path:
+    """Write a descriptor set to `path`, byte-stable (what the freshness tests compare)."""
+    path = Path(path)
+    path.write_bytes(files.SerializeToString(deterministic=True))
+    return path
+
+
 def write_example_descriptor_set(path: str | Path = EXAMPLE_DESCRIPTOR_SET) -> Path:
     """Write `build_example_descriptor_set()` to `path` (run after upgrading TensorFlow)."""
-    path = Path(path)
-    path.write_bytes(build_example_descriptor_set().SerializeToString(deterministic=True))
-    return path
+    return write_descriptor_set(path, build_example_descriptor_set())
 
 
 @functools.cache

@@ -68,9 +68,7 @@ def build_descriptor_set() -> descriptor_pb2.FileDescriptorSet:
 
 def write_descriptor_set(path: str | Path = DESCRIPTOR_SET) -> Path:
     """Write `build_descriptor_set()` to `path` (run after upgrading tensorflow-serving-api)."""
-    path = Path(path)
-    path.write_bytes(build_descriptor_set().SerializeToString(deterministic=True))
-    return path
+    return core_protos.write_descriptor_set(path, build_descriptor_set())
 
 
 @functools.cache

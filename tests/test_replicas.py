@@ -19,7 +19,6 @@ import pytest
 
 from components.deploy import step
 from components.deploy.step import DeployResult, deploy_model, rollback_model
-from components.register import export
 from components.register.registry import Registry
 from core.config import Config, load_config
 from core.errors import StepError
@@ -29,10 +28,6 @@ from serving.client import PredictionClient
 from serving.model_config import STABLE_LABEL
 from tests.support import serving as testing
 from tests.support.ports import free_port
-
-
-class Killed(BaseException):
-    """The deploy process dying on the spot: like SIGKILL, it runs no `except Exception` cleanup."""
 
 
 def test_replica_targets_reads_lists_and_resolves_dns_names():
@@ -51,11 +46,7 @@ def test_replica_targets_reads_lists_and_resolves_dns_names():
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two different SavedModel exports (different random weights)."""
-    root = tmp_path_factory.mktemp("exports")
-    return [
-        export.export_model(testing.make_model_dir(root / f"model{seed}", seed=seed), str(root / "export" / str(seed)))
-        for seed in (0, 1)
-    ]
+    return testing.two_exports(tmp_path_factory.mktemp("exports"))
 
 
 @pytest.fixture(scope="module")
@@ -216,12 +207,12 @@ def test_deploy_that_dies_while_verifying_leaves_every_replica_on_stable(cluster
 
     def die_on_second(client, *args, **kwargs):
         if client.target == second:
-            raise Killed
+            raise testing.Killed
         return smoke_check(client, *args, **kwargs)
 
     # It dies once the candidate's config is written and pushed, and one replica has verified it.
     monkeypatch.setattr(step, "smoke_check", die_on_second)
-    with pytest.raises(Killed):
+    with pytest.raises(testing.Killed):
         cluster.deploy(1)
     monkeypatch.undo()
 

@@ -21,7 +21,6 @@ import pytest
 
 from components.deploy import step
 from components.deploy.step import DeployResult, deploy_model, rollback_model
-from components.register import export
 from components.register.registry import Registry
 from core.config import Config, load_config
 from serving import model_config, store
@@ -32,18 +31,12 @@ from tests.support import serving as testing
 K8S_MODELS_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "serving" / "models.config"
 
 
-class Killed(BaseException):
-    """The deploy process dying on the spot: like SIGKILL, it runs no `except Exception` cleanup."""
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two different SavedModel exports (different random weights)."""
-    root = tmp_path_factory.mktemp("exports")
-    return [
-        export.export_model(testing.make_model_dir(root / f"model{seed}", seed=seed), str(root / "export" / str(seed)))
-        for seed in (0, 1)
-    ]
+    return testing.two_exports(tmp_path_factory.mktemp("exports"))
 
 
 @pytest.fixture(scope="module")
@@ -172,10 +165,10 @@ def test_first_deploy_that_dies_after_publishing_serves_nothing_unverified(endpo
 
     def publish_then_die(local_dir, version_uri):
         publish(local_dir, version_uri)
-        raise Killed
+        raise testing.Killed
 
     monkeypatch.setattr(step.store, "publish_version_dir", publish_then_die)
-    with pytest.raises(Killed):
+    with pytest.raises(testing.Killed):
         endpoint.deploy(0)
     monkeypatch.undo()
     assert (endpoint.base / "1" / store.SAVED_MODEL_FILE).is_file()
@@ -201,10 +194,10 @@ def test_deploy_that_dies_while_verifying_leaves_unlabelled_requests_on_stable(e
             stable=endpoint.answer(label=STABLE_LABEL),
             candidate=endpoint.answer(client.model_name, version=client.version),
         )
-        raise Killed
+        raise testing.Killed
 
     monkeypatch.setattr(step, "smoke_check", look_then_die)
-    with pytest.raises(Killed):
+    with pytest.raises(testing.Killed):
         endpoint.deploy(1)
     monkeypatch.undo()
 

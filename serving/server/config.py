@@ -14,11 +14,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import text_format
-
 from core import storage
 from core.config import ServingConfig
-from serving.model_config import ConfigFileError, read_config_text
+from serving.model_config import ConfigFileError, parse_text_proto, read_config_text
 
 # TF Serving's defaults for fields the batching file leaves unset.
 DEFAULT_MAX_BATCH_SIZE = 1000
@@ -102,11 +100,7 @@ class BatchingParameters:
 
 def parse_batching_parameters(text: str, source: str = "batching parameters") -> BatchingParameters:
     """Parse a text-format BatchingParameters file's content."""
-    message = batching_parameters_class()()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as err:
-        raise ConfigFileError(f"{source}: not a valid BatchingParameters text proto: {err}") from err
+    message = parse_text_proto(text, batching_parameters_class()(), source)
 
     def _value(name: str, default: int) -> int:
         return int(getattr(message, name).value) if message.HasField(name) else default

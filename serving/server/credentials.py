@@ -9,10 +9,9 @@ with the official image.
 from __future__ import annotations
 
 import grpc
-from google.protobuf import text_format
 
 from serving import protos
-from serving.model_config import ConfigFileError, read_config_text
+from serving.model_config import ConfigFileError, parse_text_proto, read_config_text
 
 
 def ssl_config_class() -> type:
@@ -40,11 +39,7 @@ def parse_ssl_config(text: str, source: str = "SSL config") -> grpc.ServerCreden
     Raises:
         ConfigFileError: not an SSLConfig, or without a key and certificate.
     """
-    message = ssl_config_class()()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as err:
-        raise ConfigFileError(f"Invalid protobuf file: '{source}': not an SSLConfig text proto: {err}") from err
+    message = parse_text_proto(text, ssl_config_class()(), source)
     if not message.server_key or not message.server_cert:
         raise ConfigFileError(f"{source}: an SSLConfig needs both server_key and server_cert (PEM)")
     if message.client_verify and not message.custom_ca:

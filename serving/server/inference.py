@@ -10,7 +10,7 @@ multi_inference.cc. The signature's method name is checked only when asked
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -222,14 +222,10 @@ def classify(
     """
     from tensorflow_serving.apis import classification_pb2
 
-    signature = _signature(servable, request.model_spec.signature_name)
-    input_name, output_names = classification_tensors(signature, check_method)
     response = classification_pb2.ClassificationResponse()
-    _model_spec(response.model_spec, request.model_spec, servable.version)
-    examples = serialized_examples(request.input)
-    fetched = _fetch(servable, [input_name], output_names, examples, deadline, batched)
-    classification_result(signature, len(examples), fetched, response.result)
-    return response
+    return _single_task(
+        servable, request, response, classification_tensors, classification_result, check_method, deadline, batched
+    )
 
 
 def regress(
@@ -246,13 +242,29 @@ def regress(
     """
     from tensorflow_serving.apis import regression_pb2
 
-    signature = _signature(servable, request.model_spec.signature_name)
-    input_name, output_names = regression_tensors(signature, check_method)
     response = regression_pb2.RegressionResponse()
+    return _single_task(
+        servable, request, response, regression_tensors, regression_result, check_method, deadline, batched
+    )
+
+
+def _single_task(
+    servable: Servable,
+    request: Any,
+    response: Any,
+    tensors: Callable[[Any, bool], tuple[str, list[str]]],
+    fill_result: Callable[[Any, int, dict[str, np.ndarray], Any], None],
+    check_method: bool,
+    deadline: float | None,
+    batched: bool,
+) -> Any:
+    """Classify or Regress: the signature's tensors, one run over the request's examples, the result filled in."""
+    signature = _signature(servable, request.model_spec.signature_name)
+    input_name, output_names = tensors(signature, check_method)
     _model_spec(response.model_spec, request.model_spec, servable.version)
     examples = serialized_examples(request.input)
     fetched = _fetch(servable, [input_name], output_names, examples, deadline, batched)
-    regression_result(signature, len(examples), fetched, response.result)
+    fill_result(signature, len(examples), fetched, response.result)
     return response
 
 

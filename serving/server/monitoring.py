@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf import text_format
 
 from serving import protos
-from serving.model_config import ConfigFileError, read_config_text
+from serving.model_config import parse_text_proto, read_config_text
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
@@ -87,11 +86,7 @@ def monitoring_config_class() -> type:
 
 def parse_monitoring_config(text: str, source: str = "monitoring config") -> MonitoringConfig:
     """A text-format MonitoringConfig; an empty `path` is TF Serving's default path."""
-    message = monitoring_config_class()()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as err:
-        raise ConfigFileError(f"Invalid protobuf file: '{source}': not a MonitoringConfig text proto: {err}") from err
+    message = parse_text_proto(text, monitoring_config_class()(), source)
     prometheus = message.prometheus_config
     return MonitoringConfig(bool(prometheus.enable), prometheus.path or DEFAULT_PROMETHEUS_PATH)
 

@@ -75,6 +75,20 @@ def make_model_dir(path: str | Path, seed: int = 0, config: Config | None = None
     return path
 
 
+class Killed(BaseException):
+    """A deploy process dying on the spot: like SIGKILL, it runs no `except Exception` cleanup."""
+
+
+def two_exports(root: Path) -> list[str]:
+    """Two different SavedModel exports of the tiny model (different random weights) under `root`."""
+    from components.register import export
+
+    return [
+        export.export_model(make_model_dir(root / f"model{seed}", seed=seed), str(root / "export" / str(seed)))
+        for seed in (0, 1)
+    ]
+
+
 def sample_photos(limit: int | None = None) -> list[Path]:
     """The held-out photos bundled with the repository, sorted."""
     photos = sorted(SAMPLES_DIR.glob("*.jpg"))
