@@ -96,7 +96,8 @@ def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
         assert testing.wait_for(
             lambda: latest.status()[-1] == (1, "AVAILABLE") and latest.predict_raw([photo]).version == 1
         )
-        assert dict(latest.status())[3] == "END"
+        # Version 3 goes AVAILABLE -> UNLOADING -> END after version 1 is up, as in TF Serving.
+        assert testing.wait_for(lambda: dict(latest.status())[3] == "END")
     finally:
         server.stop()
 
