@@ -281,9 +281,7 @@ def delete_schedule(
         StepError: no recurring run, or several, match.
     """
     matches = [
-        s
-        for s in list_schedules(host, experiment, namespace, token)
-        if recurring_run in (s.recurring_run_id, s.name)
+        s for s in list_schedules(host, experiment, namespace, token) if recurring_run in (s.recurring_run_id, s.name)
     ]
     if len(matches) != 1:
         found = "none" if not matches else ", ".join(s.recurring_run_id for s in matches)

@@ -330,9 +330,7 @@ def _fileno(stream: TextIO) -> int | None:
 
 
 @contextlib.contextmanager
-def command_output(
-    console: Console, log_path: Path, verbose: bool = False, show_info: bool = False
-) -> Iterator[Path]:
+def command_output(console: Console, log_path: Path, verbose: bool = False, show_info: bool = False) -> Iterator[Path]:
     """One in-process command's output: records and library stderr into `log_path`, the console kept for people.
 
     With `verbose` the libraries' stderr stays on the console and every record is shown live;

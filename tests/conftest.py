@@ -25,8 +25,6 @@ def command_logs_in_a_temporary_folder(tmp_path_factory):
         yield
 
 
-
-
 @pytest.fixture(scope="session")
 def shared_zip() -> Path:
     """The full shared dataset (37,462 photos); tests needing it fail loudly when it is absent."""

@@ -31,8 +31,6 @@ from tests.support import serving as testing
 K8S_MODELS_CONFIG = Path(__file__).resolve().parents[1] / "infra" / "k8s" / "serving" / "models.config"
 
 
-
-
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two different SavedModel exports (different random weights)."""
@@ -58,8 +56,6 @@ def _settle(server) -> None:
     """Make the server poll its base paths now and wait for the loads that started."""
     server.manager.sync()
     assert server.manager.wait_until_settled(120)
-
-
 
 
 @dataclass

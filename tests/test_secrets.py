@@ -63,4 +63,7 @@ def test_mlflow_params_carry_no_password():
     from components.register.tracking import flatten
 
     params = flatten({"registry": {"tracking_uri": SECRET_URI, "hosts": [SECRET_URI]}})
-    assert params == {"registry.tracking_uri": "http://alice:***@127.0.0.1:9/", "registry.hosts": "http://alice:***@127.0.0.1:9/"}
+    assert params == {
+        "registry.tracking_uri": "http://alice:***@127.0.0.1:9/",
+        "registry.hosts": "http://alice:***@127.0.0.1:9/",
+    }

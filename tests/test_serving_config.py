@@ -32,8 +32,6 @@ def base_path(tmp_path_factory):
     return base
 
 
-
-
 def test_several_models_policies_labels_and_reloads(base_path, tmp_path):
     config_path = testing.write_models_config(
         tmp_path / "models.config",

@@ -248,8 +248,7 @@ def ingest_catalogue(source_uri: str, out_dir: str | Path, config: Config) -> In
             **archive,
             "images": images,
             "ignored": source.ignored,
-            "balanced": archive["members"]
-            == archive["styles"] + images + archive["directories"] + len(source.ignored),
+            "balanced": archive["members"] == archive["styles"] + images + archive["directories"] + len(source.ignored),
         }
     excluded = {
         "malformed_rows": len(catalog.malformed),

@@ -42,7 +42,6 @@ from core.labels import SPLITS, LabelSchema
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class PreprocessResult:
     """What one preprocess run wrote: paths and the accounting of every manifest row."""
@@ -178,10 +177,7 @@ def build_pipeline(
     `progress_dir`: a folder the workers count processed photos in (`progress.watching`); '' for none.
     """
     pre = config.preprocess
-    lines = (
-        pipeline
-        | "ReadManifest" >> beam.io.ReadFromText(manifest_uri, skip_header_lines=1)
-    )
+    lines = pipeline | "ReadManifest" >> beam.io.ReadFromText(manifest_uri, skip_header_lines=1)
     rows = lines | "CountRows" >> (beam.Filter(lambda line: bool(line.strip())) | beam.combiners.Count.Globally())
     parsed = lines | "ParseManifest" >> ParseManifestRows(header, schema.sizes)
     split_sizes = (

@@ -96,6 +96,7 @@ def load_model(model_dir: str | Path) -> Any:
 
     # Importing these modules registers the custom layer, losses and schedule for deserialisation.
     from components.train import losses, model, optim  # noqa: F401
+
     path = Path(model_dir) / layouts.MODEL
     if not path.is_file():
         raise StepError(f"{path} not found: point at the output folder of `fashion train`")

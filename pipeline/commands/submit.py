@@ -21,8 +21,8 @@ def add_parameter_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--beam-args",
         default="",
-        help="Beam flags for the preprocess step as one string, written --beam-args=\"--runner=DataflowRunner "
-        "--project=P --region=R --temp_location=gs://B/tmp --sdk_container_image=IMAGE\" (default: Beam runs "
+        help='Beam flags for the preprocess step as one string, written --beam-args="--runner=DataflowRunner '
+        '--project=P --region=R --temp_location=gs://B/tmp --sdk_container_image=IMAGE" (default: Beam runs '
         "in the step's pod)",
     )
 

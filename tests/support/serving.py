@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES_DIR = REPO / "data" / "samples"
 
 
-
-
 def tiny_schema() -> LabelSchema:
     """A small label schema with the real column names and a few real values."""
     return LabelSchema(
