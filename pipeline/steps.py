@@ -4,8 +4,9 @@ A step body imports inside itself (it runs in its own process, in the image name
 `config.pipeline`), rebuilds the run's Config from the pipeline parameters, makes one call into
 `components.<step>` and records what came out as typed artifacts with metadata. No paths travel
 between steps as strings: each step writes into its output artifact's folder and the next one
-reads its input artifact's. Each body first calls `report_progress`, so the progress of its long
-work reaches the local runner's console (or, on a cluster, the step's log) as it goes.
+reads its input artifact's. Each body first calls `start_step`, so the progress of its long
+work reaches the local runner's console (or, on a cluster, the step's log) as it goes, and the
+process ends as soon as its outputs are written (`pipeline.step_process`).
 
 This module deliberately does not use `from __future__ import annotations`: kfp reads the
 artifact annotations of these functions as real types.
@@ -21,11 +22,11 @@ def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Outpu
     """Check and label the catalogue at `source_uri`; the manifest folder is the output Dataset."""
     from components.ingest import step as ingest
     from core.retry import call_with_retries
-    from pipeline.console import report_progress
     from pipeline.metadata import describe_manifest, recording_failure
     from pipeline.params import step_config
+    from pipeline.step_process import start_step
 
-    report_progress()
+    start_step()
     with recording_failure(manifest):
         config = step_config(preset, overrides, source_uri=source_uri)
         retry = config.pipeline
@@ -38,9 +39,7 @@ def ingest_images(source_uri: str, preset: str, overrides: dict, manifest: Outpu
         manifest.metadata.update(describe_manifest(result))
 
 
-def resize_images(
-    preset: str, overrides: dict, beam_args: list, manifest: Input[Dataset], examples: Output[Dataset]
-):
+def resize_images(preset: str, overrides: dict, beam_args: list, manifest: Input[Dataset], examples: Output[Dataset]):
     """Resize every photo of the manifest into TFRecord shards and statistics (Apache Beam).
 
     `beam_args` empty runs Beam in this step's container on its cores; Dataflow flags
@@ -49,11 +48,11 @@ def resize_images(
     """
     from components.preprocess import step as preprocess
     from core.retry import call_with_retries
-    from pipeline.console import report_progress
     from pipeline.metadata import describe_examples, recording_failure
     from pipeline.params import step_config
+    from pipeline.step_process import start_step
 
-    report_progress()
+    start_step()
     with recording_failure(examples):
         config = step_config(preset, overrides)
         retry = config.pipeline
@@ -88,11 +87,11 @@ def train_model(
     artifact's `unchanged` says why.
     """
     from components.train import step as trainer
-    from pipeline.console import report_progress
     from pipeline.metadata import describe_model, recording_failure
     from pipeline.params import step_config
+    from pipeline.step_process import start_step
 
-    report_progress()
+    start_step()
     with recording_failure(model):
         config = step_config(
             preset,
@@ -138,11 +137,11 @@ def evaluate_model(
     gated metrics and the catalogue drift are on the `evaluation` artifact's metadata.
     """
     from components import evaluate
-    from pipeline.console import report_progress
     from pipeline.metadata import record_evaluation, recording_failure
     from pipeline.params import step_config
+    from pipeline.step_process import start_step
 
-    report_progress()
+    start_step()
     with recording_failure(evaluation):
         config = step_config(
             preset, overrides, gate_floors=gate_floors, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri
@@ -165,11 +164,11 @@ def register_model(
     """Export the SavedModel, track the run in MLflow and register the version as the `challenger`."""
     from components import register
     from core.retry import call_with_retries
-    from pipeline.console import report_progress
     from pipeline.metadata import describe_registration, recording_failure
     from pipeline.params import step_config
+    from pipeline.step_process import start_step
 
-    report_progress()
+    start_step()
     with recording_failure(saved_model):
         config = step_config(preset, overrides, model_name=model_name, mlflow_tracking_uri=mlflow_tracking_uri)
         retry = config.pipeline
@@ -202,12 +201,12 @@ def deploy_model(
     from components.register import Registry
     from core import layouts
     from core.retry import call_with_retries
-    from pipeline.console import report_progress
     from pipeline.metadata import describe_deployment, recording_failure
     from pipeline.params import step_config
+    from pipeline.step_process import start_step
     from serving.model_config import model_config_uri
 
-    report_progress()
+    start_step()
     with recording_failure(deployment):
         config = step_config(
             preset,
