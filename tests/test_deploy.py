@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from components.deploy import smoke
+from components.deploy import step as deploy_step
 from components.deploy.step import deploy_model, rollback_model
-from components.register import export
+from components.register import export, model_package
 from components.register.registry import Registry
+from components.register.step import keep_smoke_reference
 from core.config import load_config
 from core.errors import StepError
 from pipeline.cli import main
@@ -149,3 +152,42 @@ def test_deploy_verify_promote_fail_safely_and_roll_back(setup, capsys):
     assert main(["rollback", *_cli_args(setup)]) == 1
     assert "replaced no earlier version" in capsys.readouterr().err
     assert _stable(setup) == 1
+
+
+def _export_with_reference(setup, folder: Path, photos: list[Path]) -> tuple[Path, Path]:
+    """A copy of the second export, its predictions, and the answers registration keeps for them."""
+    import shutil
+
+    saved_model = Path(shutil.copytree(model_package.find_saved_model(setup["exports"][1]), folder))
+    predictions = _evaluation_predictions(str(saved_model), folder.with_suffix(".jsonl"), photos)
+    keep_smoke_reference(saved_model, predictions)
+    return saved_model, predictions
+
+
+def test_deploy_checks_every_replica_against_the_answers_registration_kept(setup, monkeypatch, tmp_path):
+    registry, photos = setup["registry"], testing.sample_photos(6)
+    args = (setup["config"], setup["server"], setup["config_file"])
+
+    def no_tensorflow_here(*_args, **_kwargs):
+        raise AssertionError("deploy ran the SavedModel in-process although registration kept its answers")
+
+    monkeypatch.setattr(deploy_step, "reference_outputs", no_tensorflow_here)
+    saved_model, predictions = _export_with_reference(setup, tmp_path / "kept", photos)
+    kept = json.loads((saved_model / smoke.REFERENCE_FILE).read_text())
+    assert len(kept["photo_sha256"]) == len(photos) and set(kept["outputs"]) >= {"category", "subcategory"}
+    version = setup["register"](str(saved_model), "run-kept")
+    deployed = deploy_model(registry, *args, predictions_path=predictions, timeout_s=120)
+    assert (deployed.registry_version, deployed.smoke["agreement"]) == (version, 1.0)
+    assert _stable(setup) == deployed.serving_version
+
+    # A kept answer the replicas do not give stops the deploy: the reference is really compared.
+    tampered, predictions = _export_with_reference(setup, tmp_path / "tampered", photos)
+    kept = json.loads((tampered / smoke.REFERENCE_FILE).read_text())
+    kept["outputs"]["category"][0] = next(
+        c for c in testing.tiny_schema().categories if c != kept["outputs"]["category"][0]
+    )
+    (tampered / smoke.REFERENCE_FILE).write_text(json.dumps(kept))
+    setup["register"](str(tampered), "run-tampered")
+    with pytest.raises(StepError, match="answers differently from the registered SavedModel"):
+        deploy_model(registry, *args, predictions_path=predictions, timeout_s=120)
+    assert _stable(setup) == deployed.serving_version

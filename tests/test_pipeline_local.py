@@ -123,6 +123,27 @@ def test_every_step_succeeds_and_records_its_artifacts(run):
     assert deployed["smoke"]["agreement"] >= 0.9
 
 
+def test_only_training_evaluation_and_export_load_tensorflow(run):
+    # Each step's last log line says whether its process loaded TensorFlow; deploy checks the
+    # replicas against the answers registration kept, so it needs none.
+    logs = Path(run.result.logs_dir)
+    ends = {}
+    for step in run.result.steps:
+        lines = [line for line in (logs / f"{step}.log").read_text().splitlines() if "step process ends" in line]
+        assert len(lines) == 1, f"{step}: {lines}"
+        ends[step] = "with TensorFlow loaded" in lines[0]
+    assert ends == {
+        "ingest-images": False,
+        "resize-images": False,
+        "train-model": True,
+        "evaluate-model": True,
+        "register-model": True,
+        "deploy-model": False,
+    }
+    saved_model = Path(run.result.artifact("register-model", "saved_model")["uri"])
+    assert list(saved_model.rglob("smoke_reference.json")), "registration kept no smoke reference"
+
+
 def test_the_deployed_champion_answers_a_grpc_prediction(run, samples_dir):
     # A real gRPC answer from the served champion, for a photo that is in no catalogue.
     prediction = run.result.prediction

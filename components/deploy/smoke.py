@@ -1,14 +1,21 @@
 """The deploy step's smoke check: a new version's served answers against the SavedModel and the evaluation.
 
 Known photos are sent to the new version by number, on each replica. Its answers must equal the
-registered SavedModel's run in-process (the replica loaded what was registered), and agree with
+registered SavedModel's own (the replica loaded what was registered), and agree with
 the labels the evaluation step predicted for the same photos (what was registered is what was
 evaluated).
+
+Registration runs the SavedModel on the evaluation's smoke photos once, while it has TensorFlow
+loaded for the export, and keeps its answers in the SavedModel's `assets.extra/` (`REFERENCE_FILE`,
+which TF Serving does not read). Deploy compares the replicas with those, so it needs no
+TensorFlow of its own; photos the reference was not made for are run in-process as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,8 +28,14 @@ from core.errors import StepError
 from serving import contract as sig
 from serving.client import PredictionClient
 
+log = logging.getLogger(__name__)
+
 # Served and in-process scores are the same graph on the same bytes; more than this is a different model.
 MAX_SCORE_DIFFERENCE = 1e-4
+# How many of the evaluation's photos the smoke check sends.
+SMOKE_PHOTOS = 16
+# The registered SavedModel's own answers for the smoke photos, inside the SavedModel folder.
+REFERENCE_FILE = "assets.extra/smoke_reference.json"
 
 
 def load_expected(predictions_path: str | Path, limit: int) -> list[dict[str, Any]]:
@@ -55,6 +68,11 @@ def load_expected(predictions_path: str | Path, limit: int) -> list[dict[str, An
             "(keys image_uri, pred_category, pred_subcategory)"
         )
     return records
+
+
+def expected_photos(expected: Sequence[dict[str, Any]]) -> list[bytes]:
+    """The encoded photos of `load_expected`'s records, in order."""
+    return [storage.read_bytes(e["uri"]) for e in expected]
 
 
 def served_outputs(client: PredictionClient, photos: Sequence[bytes]) -> dict[str, np.ndarray]:
@@ -97,6 +115,50 @@ def reference_outputs(saved_model_dir: Path, photos: Sequence[bytes]) -> dict[st
     return {k: v.numpy() for k, v in local(image_bytes=tf.constant(list(photos))).items()}
 
 
+def _sha256(photo: bytes) -> str:
+    return hashlib.sha256(photo).hexdigest()
+
+
+def _json_ready(value: Any) -> Any:
+    """A nested list of numbers and strings, with TensorFlow's bytes strings decoded."""
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def write_reference(saved_model_dir: str | Path, photos: Sequence[bytes]) -> Path:
+    """Run the SavedModel on `photos` in-process and keep its answers in its `REFERENCE_FILE`.
+
+    Returns:
+        The file written.
+    """
+    outputs = reference_outputs(Path(saved_model_dir), photos)
+    record = {
+        "photo_sha256": [_sha256(p) for p in photos],
+        "outputs": {key: _json_ready(value.tolist()) for key, value in outputs.items()},
+    }
+    path = Path(saved_model_dir) / REFERENCE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, separators=(",", ":")))
+    return path
+
+
+def stored_reference(saved_model_dir: str | Path, photos: Sequence[bytes]) -> dict[str, np.ndarray] | None:
+    """The SavedModel's answers for exactly `photos` from its `REFERENCE_FILE`; None when it has none for them."""
+    path = Path(saved_model_dir) / REFERENCE_FILE
+    try:
+        record = json.loads(path.read_text())
+        made_for, outputs = record["photo_sha256"], record["outputs"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("ignoring %s: %s; running the SavedModel in-process instead", path, err)
+        return None
+    if made_for != [_sha256(p) for p in photos]:
+        return None
+    return {key: np.asarray(value) for key, value in outputs.items()}
+
+
 def smoke_check(
     client: PredictionClient,
     reference: dict[str, np.ndarray],
@@ -125,7 +187,7 @@ def smoke_check(
     if _strings(served[sig.CATEGORY]) != _strings(reference[sig.CATEGORY]) or _strings(
         served[sig.SUBCATEGORY]
     ) != _strings(reference[sig.SUBCATEGORY]):
-        raise StepError(f"{where} answers differently from the registered SavedModel run in-process")
+        raise StepError(f"{where} answers differently from the registered SavedModel")
     diff = float(np.abs(served[sig.CATEGORY_PROBABILITIES] - reference[sig.CATEGORY_PROBABILITIES]).max(initial=0.0))
     if diff > MAX_SCORE_DIFFERENCE:
         raise StepError(f"{where} scores differ from the registered SavedModel by {diff:.2g}")

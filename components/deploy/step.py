@@ -41,7 +41,14 @@ from typing import Any
 
 import grpc
 
-from components.deploy.smoke import load_expected, reference_outputs, smoke_check
+from components.deploy.smoke import (
+    SMOKE_PHOTOS,
+    expected_photos,
+    load_expected,
+    reference_outputs,
+    smoke_check,
+    stored_reference,
+)
 from components.register.registry import CHALLENGER, CHAMPION, TAG_PREVIOUS_CHAMPION, Registry
 from core import storage
 from core.config import Config
@@ -168,7 +175,7 @@ def deploy_model(
     smoke_photos: Sequence[str | Path] = (),
     timeout_s: float = 300.0,
     min_agreement: float = 0.9,
-    max_smoke_photos: int = 16,
+    max_smoke_photos: int = SMOKE_PHOTOS,
 ) -> DeployResult:
     """Publish the `challenger`, verify it as `<name>-canary` on every replica, then move `stable` and `champion`.
 
@@ -216,7 +223,7 @@ def deploy_model(
         version = next_version(serving.model_base_path, original, name, known)
         version_uri = store.version_uri(serving.model_base_path, version)
         expected = load_expected(predictions_path, max_smoke_photos) if predictions_path else []
-        photos = [storage.read_bytes(e["uri"]) for e in expected] + [Path(p).read_bytes() for p in smoke_photos]
+        photos = expected_photos(expected) + [Path(p).read_bytes() for p in smoke_photos]
         saved_model = registry.download_export(registry_version, Path(tmp) / "saved_model")
         promoting = {version} if previous is None else {previous, version}
         deploying = Progress("deploying", 4, "stages")
@@ -234,8 +241,12 @@ def deploy_model(
             _apply(replicas, model_config_uri, candidate, timeout_s)
             replicas.wait_available(version, timeout_s, canary)
             deploying.update(2, f"version {version} loaded, smoke check")
-            # Run in-process once the replicas have loaded it, so a broken SavedModel fails with their reason.
-            reference = reference_outputs(saved_model, photos)
+            # The registration's answers for these photos; else run in-process, once the replicas have
+            # loaded it, so a broken SavedModel fails with their reason.
+            reference = stored_reference(saved_model, photos)
+            if reference is None:
+                log.info("no stored reference for these %d smoke photos: running the SavedModel here", len(photos))
+                reference = reference_outputs(saved_model, photos)
             checks = []
             for target in replicas.targets:
                 with PredictionClient(

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from components.deploy import smoke
 from components.register import model_package
 from components.register.backend import backend_errors, check_reachable, resolve_backend, sqlite_path
 from components.register.coordination import pipeline_run_lock, retry_store_race
@@ -24,6 +25,7 @@ from components.register.tracking import (
     read_gate,
     track_training_run,
 )
+from core import layouts
 from core.config import Config
 from core.errors import StepError
 
@@ -82,6 +84,19 @@ def ensure_export(model_dir: str | Path, export_dir: str | Path, config: Config)
     return model_package.find_saved_model(export_dir)
 
 
+def keep_smoke_reference(saved_model_dir: Path, predictions_path: Path) -> None:
+    """Keep the SavedModel's answers for deploy's smoke photos in it (`smoke.REFERENCE_FILE`), once.
+
+    Deploy then checks the replicas against them without loading TensorFlow itself. An evaluation
+    without predictions.jsonl leaves the SavedModel as it is (deploy runs it in-process instead).
+    """
+    if (saved_model_dir / smoke.REFERENCE_FILE).is_file() or not predictions_path.is_file():
+        return
+    photos = smoke.expected_photos(smoke.load_expected(predictions_path, smoke.SMOKE_PHOTOS))
+    smoke.write_reference(saved_model_dir, photos)
+    log.info("kept the SavedModel's answers for %d smoke photos in %s", len(photos), smoke.REFERENCE_FILE)
+
+
 def register_model(
     model_dir: str | Path,
     eval_dir: str | Path,
@@ -131,6 +146,8 @@ def register_model(
         )
     name = config.registry.model_name
     register = blessed or not require_blessed
+    if register:
+        keep_smoke_reference(saved_model_dir, Path(eval_dir) / layouts.PREDICTIONS)
     # Opened (and a new store created) before the lock below is waited for: that takes seconds,
     # which callers of the same pipeline run spend side by side rather than in turn.
     registry = Registry(backend.tracking_uri, name)
