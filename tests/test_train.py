@@ -183,3 +183,33 @@ def test_batchnorm_recalibration_makes_inference_match_batch_statistics(shards):
         model(images, training=True)["subcategory"])).max()  # fmt: skip
     assert gap < stale_gap / 3
     assert all(bn.momentum == 0.99 for bn in bns), "the layers' own momentum must be restored"
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["state-built-first", "keras-default"])
+def test_the_train_step_is_traced_once_when_its_state_is_built_first(shards, monkeypatch, prepared):
+    # Keras's TensorFlow trainer, without a distribution strategy of its own, creates the metrics'
+    # variables in the first trace of the train step, and TensorFlow traces it again.
+    import keras
+
+    from components.train.data import make_dataset
+    from components.train.model import build_model
+    from components.train.step import build_training_state, compile_model
+
+    config = load_config("ci")
+    stats = json.loads((shards / "stats.json").read_text())
+    sizes = {
+        "category": len(stats["class_weights"]["category"]),
+        "subcategory": len(stats["class_weights"]["subcategory"]),
+        "attributes": len(stats["class_weights"]["attributes"]["positive"]),
+    }
+    model = build_model(config.model, sizes, (80, 60))
+    compile_model(model, config.train, build_losses(stats, sizes), steps_per_epoch=2)
+    dataset = make_dataset(shards, "train", 8, True, config.train, repeat=True)
+    if prepared:
+        build_training_state(model, dataset)
+    traces = []
+    train_step = keras.Model.train_step
+    monkeypatch.setattr(keras.Model, "train_step", lambda self, data: traces.append(1) or train_step(self, data))
+    model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
+    assert len(traces) == (1 if prepared else 2)
+    assert all(np.isfinite(float(v)) for v in model.get_metrics_result().values())
