@@ -68,6 +68,9 @@ bench-train-input: setup ## Training input pipeline vs training-step throughput 
 bench-warm-start: setup ## Warm start vs from scratch on a catalogue grown by 10% (demo preset, 6,000 products of the shared zip)
 	$(PY) -m bench.warm_start --source $(SHARED_ZIP) --limit 6000 --preset demo --out runs/bench-warm-start-$$(date +%Y%m%d-%H%M%S)
 
+bench-pipeline-time: setup ## make run's pipeline time: this checkout vs BASELINE=rev (default: before the start-up work), demo data
+	$(PY) -m bench.pipeline_time $(if $(BASELINE),--baseline $(BASELINE)) --out runs/bench-pipeline-time-$$(date +%Y%m%d-%H%M%S)
+
 bench-gpu-train: setup ## GPU: unified vs bare ResNet-50 training images/s (JAX backend, bf16, batch 256)
 	KERAS_BACKEND=jax $(PY) -m bench.gpu_train_step --batch-size 256 --precision mixed_bfloat16
 
@@ -109,5 +112,5 @@ compile: setup ## Compile the pipeline to pipeline.yaml for Kubeflow (PRESET=, C
 clean: ## Remove run outputs (keeps the virtual environment)
 	rm -rf runs .pytest_cache
 
-.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-throughput bench-train-input bench-warm-start \
+.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-throughput bench-train-input bench-warm-start bench-pipeline-time \
 	bench-gpu-train bench-evaluate bench-compare-heads train evaluate serve mlflow-ui images compile clean
