@@ -12,6 +12,7 @@ from a local working copy after every epoch (`mirror_checkpoint`) and restored f
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -307,15 +308,16 @@ def training_forward(model: keras.Model) -> Any:
     return tf.function(lambda images: model(images, training=True), reduce_retracing=True)
 
 
-def recalibrate_batchnorm(model: keras.Model, dataset: Any, batches: int, forward: Any = None) -> int:
+def recalibrate_batchnorm(model: keras.Model, batches_of: Any, batches: int, forward: Any = None) -> int:
     """Replace batch-norm moving statistics by their average over `batches` clean batches.
 
     The moving averages are collected on augmented batches while the weights move fast, and
     under a high learning rate they can lag far behind: a network scoring 80% with batch
     statistics scored under 50% with its moving ones. Averaging fresh batch statistics of
-    non-augmented training photos makes inference match training. `forward` is
-    `training_forward(model)`, made once for repeated calls (made here when None). Returns the
-    batches used.
+    non-augmented training photos makes inference match training. `batches_of` is a dataset of
+    (images, labels) batches, or an iterator over one (repeated calls then take the next batches
+    instead of filling a shuffle buffer again). `forward` is `training_forward(model)`, made once
+    for repeated calls (made here when None). Returns the batches used.
     """
     layers = _batchnorm_layers(model)
     if not layers:
@@ -329,7 +331,8 @@ def recalibrate_batchnorm(model: keras.Model, dataset: Any, batches: int, forwar
         # variables (a compiled forward keeps the momentum it was traced with, so it stays 0).
         for bn in layers:
             bn.momentum = 0.0
-        for images, _ in dataset.take(batches):
+        source = batches_of.take(batches) if hasattr(batches_of, "take") else itertools.islice(batches_of, batches)
+        for images, _ in source:
             forward(images)
             used += 1
             for (mean_sum, var_sum), bn in zip(sums, layers, strict=True):
@@ -346,7 +349,7 @@ def recalibrate_batchnorm(model: keras.Model, dataset: Any, batches: int, forwar
 
 
 class BatchNormRecalibration(keras.callbacks.Callback):
-    """Recalibrates batch-norm statistics (`recalibrate_batchnorm`) before every validation in `fit`."""
+    """Recalibrates batch norm (`recalibrate_batchnorm`) before each validation of `fit`; `dataset` repeats."""
 
     def __init__(self, dataset: Any, batches: int):
         super().__init__()
@@ -354,6 +357,7 @@ class BatchNormRecalibration(keras.callbacks.Callback):
         self.batches = batches
         self._fitting = False
         self._forward = None
+        self._batches = None
 
     def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
         """Validation runs from now on belong to `fit`."""
@@ -367,8 +371,10 @@ class BatchNormRecalibration(keras.callbacks.Callback):
         """Recalibrate just before the epoch's validation, so checkpoints carry the new statistics."""
         if self._fitting:
             if self._forward is None:
-                self._forward = training_forward(self.model)
-            recalibrate_batchnorm(self.model, self.dataset, self.batches, self._forward)
+                # One iterator for the whole fit: its shuffle buffer is filled once, and each
+                # validation gets fresh batches (the dataset repeats).
+                self._forward, self._batches = training_forward(self.model), iter(self.dataset)
+            recalibrate_batchnorm(self.model, self._batches, self.batches, self._forward)
 
 
 class ScalarLogger(keras.callbacks.Callback):
