@@ -60,7 +60,7 @@ bench-compare-heads: setup ## Paired test of unified vs independent heads (DATA=
 	$(PY) -m bench.compare_heads --data $(DATA) --pair $(RUN)/unified $(RUN)/independent
 
 bench-train-throughput: setup ## Benchmark: cpu-full training images/s, float32 vs mixed bfloat16, XLA, threads
-	$(PY) bench/train_throughput.py
+	$(PY) -m bench.train_throughput
 
 bench-train-input: setup ## Training input pipeline vs training-step throughput (DATA=...)
 	$(PY) -m bench.train_input --data $(DATA)

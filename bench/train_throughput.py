@@ -1,4 +1,4 @@
-"""Training throughput of the `cpu-full` model on this CPU: float32 vs mixed bfloat16, XLA, threads.
+"""Training throughput of the `cpu-full` model (or `--preset`'s) on this CPU: float32 vs mixed bfloat16, XLA, threads.
 
 Each variant runs in its own Python (TensorFlow's precision policy and thread pools are fixed
 once per process): the real `cpu-full` model (`build_model`), its real losses and optimiser
@@ -7,7 +7,7 @@ step alone, apart from the input pipeline (measured by `bench/train_input.py`). 
 up (tracing, XLA compilation), the next `--steps` are timed. Vocabulary sizes are the shared
 catalogue's under the preset's `labels.min_class_count`.
 
-    .venv/bin/python bench/train_throughput.py [--steps 40] [--variants float32 bf16 ...]
+    .venv/bin/python -m bench.train_throughput [--steps 40] [--variants float32 bf16 ...] [--preset demo]
 
 Prints images/s per variant and the ratio to the baseline (float32, no XLA, TensorFlow's default
 threads) measured in the same run; the last line is JSON with "ratio" = best / baseline.
@@ -54,7 +54,7 @@ def catalogue_sizes(source_zip: Path, min_class_count: int) -> dict[str, int]:
     }
 
 
-def run_variant(name: str, steps: int, sizes: dict[str, int]) -> dict[str, float]:
+def run_variant(name: str, steps: int, sizes: dict[str, int], preset: str = "cpu-full") -> dict[str, float]:
     """Time `steps` training steps of one variant in this process."""
     precision, jit, threads = VARIANTS[name]
     import tensorflow as tf
@@ -72,7 +72,7 @@ def run_variant(name: str, steps: int, sizes: dict[str, int]) -> dict[str, float
     from components.train.step import compile_model
     from core.config import load_config
 
-    config = load_config("cpu-full")
+    config = load_config(preset)
     tc, mc = config.train, config.model
     height, width = config.preprocess.image_height, config.preprocess.image_width
     keras.mixed_precision.set_dtype_policy(precision)
@@ -126,22 +126,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per variant (after one warm-up epoch)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--source", type=Path, default=DEFAULT_ZIP)
+    parser.add_argument("--preset", default="cpu-full", help="the preset whose model and optimiser are timed")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_variant(args.one, args.steps, json.loads(args.sizes))))
+        print(json.dumps(run_variant(args.one, args.steps, json.loads(args.sizes), args.preset)))
         return
 
     from core.config import load_config
 
-    sizes = catalogue_sizes(args.source, load_config("cpu-full").labels.min_class_count)
-    print(f"cpu-full model, vocabularies {sizes}; CPUs: {os.cpu_count()}; {args.steps} timed steps per variant")
+    sizes = catalogue_sizes(args.source, load_config(args.preset).labels.min_class_count)
+    print(f"{args.preset} model, vocabularies {sizes}; CPUs: {os.cpu_count()}; {args.steps} timed steps per variant")
     variants = [BASELINE, *[v for v in args.variants if v != BASELINE]]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = {}
     for name in variants:
-        cmd = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--sizes", json.dumps(sizes)]
+        cmd = [sys.executable, "-m", "bench.train_throughput", "--one", name, "--steps", str(args.steps), "--preset", args.preset]
+        cmd += ["--sizes", json.dumps(sizes)]
         done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{name:<18} failed: {done.stderr.strip().splitlines()[-1:]}")
