@@ -19,22 +19,16 @@ import json
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.support.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = re.compile(r"Pipeline run succeeded in (\d+(?:\.\d+)?)s")
 STEP = re.compile(r"^\s+([a-z-]+)\s+(succeeded|cached|skipped)\s+(\d+(?:\.\d+)?)s")
-
-
-def free_port() -> int:
-    """A loopback port no one listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def checkout(rev: str, where: Path) -> Path:

@@ -142,7 +142,17 @@ def main() -> None:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = {}
     for name in variants:
-        cmd = [sys.executable, "-m", "bench.train_throughput", "--one", name, "--steps", str(args.steps), "--preset", args.preset]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.train_throughput",
+            "--one",
+            name,
+            "--steps",
+            str(args.steps),
+            "--preset",
+            args.preset,
+        ]
         cmd += ["--sizes", json.dumps(sizes)]
         done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:

@@ -314,9 +314,9 @@ def recalibrate_batchnorm(model: keras.Model, batches_of: Any, batches: int, for
     The moving averages are collected on augmented batches while the weights move fast, and
     under a high learning rate they can lag far behind: a network scoring 80% with batch
     statistics scored under 50% with its moving ones. Averaging fresh batch statistics of
-    non-augmented training photos makes inference match training. `batches_of` is a dataset of
-    (images, labels) batches, or an iterator over one (repeated calls then take the next batches
-    instead of filling a shuffle buffer again). `forward` is `training_forward(model)`, made once
+    non-augmented training photos makes inference match training. `batches_of` gives (images,
+    labels) batches: a dataset (each call starts it again) or an iterator over one (each call
+    takes the next batches, without filling a shuffle buffer again). `forward` is `training_forward(model)`, made once
     for repeated calls (made here when None). Returns the batches used.
     """
     layers = _batchnorm_layers(model)
@@ -331,8 +331,7 @@ def recalibrate_batchnorm(model: keras.Model, batches_of: Any, batches: int, for
         # variables (a compiled forward keeps the momentum it was traced with, so it stays 0).
         for bn in layers:
             bn.momentum = 0.0
-        source = batches_of.take(batches) if hasattr(batches_of, "take") else itertools.islice(batches_of, batches)
-        for images, _ in source:
+        for images, _ in itertools.islice(batches_of, batches):
             forward(images)
             used += 1
             for (mean_sum, var_sum), bn in zip(sums, layers, strict=True):
