@@ -25,7 +25,7 @@ from components.register.tracking import (
     read_gate,
     track_training_run,
 )
-from core import layouts
+from core import layouts, storage
 from core.config import Config
 from core.errors import StepError
 
@@ -88,11 +88,17 @@ def keep_smoke_reference(saved_model_dir: Path, predictions_path: Path) -> None:
     """Keep the SavedModel's answers for deploy's smoke photos in it (`smoke.REFERENCE_FILE`), once.
 
     Deploy then checks the replicas against them without loading TensorFlow itself. An evaluation
-    without predictions.jsonl leaves the SavedModel as it is (deploy runs it in-process instead).
+    without predictions.jsonl, or whose records name no readable photo, leaves the SavedModel as it
+    is (deploy runs it in-process instead, and reports what is wrong with the photos).
     """
     if (saved_model_dir / smoke.REFERENCE_FILE).is_file() or not predictions_path.is_file():
         return
-    photos = smoke.expected_photos(smoke.load_expected(predictions_path, smoke.SMOKE_PHOTOS))
+    try:
+        photos = smoke.expected_photos(smoke.load_expected(predictions_path, smoke.SMOKE_PHOTOS))
+    except (StepError, storage.StorageError) as err:
+        # Not registration's concern: deploy reports it, with these same photos, if it is deployed.
+        log.warning("no smoke reference kept in the SavedModel: %s", err)
+        return
     smoke.write_reference(saved_model_dir, photos)
     log.info("kept the SavedModel's answers for %d smoke photos in %s", len(photos), smoke.REFERENCE_FILE)
 
