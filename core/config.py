@@ -191,6 +191,10 @@ class ServingConfig:
     max_message_mb: int = field(default=64, metadata=_range(1, 2047))
     # Photos declaring more pixels are refused by the exported model before any decode (bombs).
     max_image_pixels: int = field(default=40_000_000, metadata=_range(1, None))
+    # Least share of the evaluation's smoke photos whose served labels must equal the evaluation's.
+    # The served model resizes the original photo itself, the evaluation saw the resized record, so
+    # a barely trained model can flip a near tie; a different model disagrees on most.
+    smoke_min_agreement: float = field(default=0.9, metadata=_range(0.0, 1.0))
 
 
 @dataclass(frozen=True)

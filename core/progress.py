@@ -91,9 +91,7 @@ class Progress:
         clock: seconds, monotonic (tests pass a fake one).
     """
 
-    def __init__(
-        self, task: str, total: int | None, unit: str, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, task: str, total: int | None, unit: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.task, self.total, self.unit = task, total, unit
         self.done = 0
         self._clock = clock

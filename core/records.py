@@ -23,6 +23,7 @@ CATEGORY = "label/category"
 SUBCATEGORY = "label/subcategory"
 ATTRIBUTES = "label/attributes"
 
+
 def make_example(
     image: bytes,
     image_format: str,

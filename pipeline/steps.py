@@ -225,6 +225,7 @@ def deploy_model(
                 f"{serving.host}:{serving.grpc_port}",
                 model_config_uri(serving.model_base_path),
                 predictions_path=os.path.join(evaluation.path, layouts.PREDICTIONS),
+                min_agreement=serving.smoke_min_agreement,
             ),
             config.pipeline.retries,
             config.pipeline.retry_backoff_s,

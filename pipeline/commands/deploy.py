@@ -50,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--predictions", help="the evaluation's predictions.jsonl (smoke photos and reference labels)")
     parser.add_argument("--photos", nargs="*", default=[], help="more known photos for the smoke prediction")
     parser.add_argument(
-        "--min-agreement", type=float, default=0.9, help="least share of photos agreeing with the evaluation"
+        "--min-agreement",
+        type=float,
+        default=None,
+        help="least share of photos agreeing with the evaluation (default: serving.smoke_min_agreement, 0.9)",
     )
     add_config_arguments(parser)
     parser.set_defaults(handler=run)
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         predictions_path=args.predictions,
         smoke_photos=args.photos,
         timeout_s=args.timeout,
-        min_agreement=args.min_agreement,
+        min_agreement=config.serving.smoke_min_agreement if args.min_agreement is None else args.min_agreement,
     )
     print(json.dumps(result.to_dict()))
     return 0
