@@ -115,6 +115,9 @@ class ModelConfig:
     head: str = field(default="unified", metadata=_choice("unified", "independent"))
     width_multiplier: float = field(default=1.0, metadata=_range(0.05, 8.0))
     head_norm: bool = False
+    # Colour statistics of the product's pixels against the background (components/train/colour.py)
+    # as an extra input to the attribute branch; 0 turns them off, else the histogram's levels per channel.
+    colour_levels: int = field(default=0, metadata=_range(0, 16))
 
 
 @dataclass(frozen=True)

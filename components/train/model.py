@@ -14,6 +14,7 @@ from typing import Any
 
 import keras
 
+from components.train.colour import ColourStatistics
 from core.config import ModelConfig
 from core.errors import StepError
 
@@ -62,10 +63,14 @@ def build_model(model_cfg: ModelConfig, sizes: dict[str, int], image_size: tuple
     if (model_cfg.input_height, model_cfg.input_width) != (height, width):
         x = keras.layers.Resizing(model_cfg.input_height, model_cfg.input_width, name="resize")(x)
     features = _backbone(model_cfg, x)
+    attr_features = features
+    if model_cfg.colour_levels:
+        colour = ColourStatistics(levels=model_cfg.colour_levels, name="colour_stats")(inputs)
+        attr_features = keras.layers.Concatenate(name="attr_features")([features, colour])
     if model_cfg.head == "unified":
-        logits_in = _unified_head(model_cfg, features)
+        logits_in = _unified_head(model_cfg, features, attr_features)
     else:
-        logits_in = _independent_heads(model_cfg, features)
+        logits_in = _independent_heads(model_cfg, features, attr_features)
     activations = {"category": "softmax", "subcategory": "softmax", "attributes": "sigmoid"}
     outputs = {}
     for level in OUTPUTS:
@@ -106,8 +111,12 @@ def _norm(model_cfg: ModelConfig, name: str) -> Any:
     return keras.layers.LayerNormalization(center=False, scale=False, name=name)
 
 
-def _unified_head(model_cfg: ModelConfig, features: Any) -> dict[str, Any]:
-    """Three branches and the paper's top-down and bottom-up message passing (16 Dense layers)."""
+def _unified_head(model_cfg: ModelConfig, features: Any, attr_features: Any) -> dict[str, Any]:
+    """Three branches and the paper's top-down and bottom-up message passing (16 Dense layers).
+
+    `attr_features` feed the attribute branch: the backbone's features, with the colour
+    statistics where `model.colour_levels` asks for them.
+    """
     d = lambda name: _dense(model_cfg, name)  # noqa: E731
     n = lambda name: _norm(model_cfg, name)  # noqa: E731
 
@@ -117,7 +126,7 @@ def _unified_head(model_cfg: ModelConfig, features: Any) -> dict[str, Any]:
 
     x_cat = n("x_cat_norm")(d("x_cat")(features))
     x_sub = n("x_sub_norm")(d("x_sub")(features))
-    x_attr = n("x_attr_norm")(d("x_attr")(features))
+    x_attr = n("x_attr_norm")(d("x_attr")(attr_features))
 
     # Top-down: the category informs sub-category and attributes.
     cat_b = _dropout(model_cfg, "cat_b")(d("td_cat_2")(d("td_cat_1")(x_cat)))
@@ -142,11 +151,12 @@ def _unified_head(model_cfg: ModelConfig, features: Any) -> dict[str, Any]:
     }
 
 
-def _independent_heads(model_cfg: ModelConfig, features: Any) -> dict[str, Any]:
+def _independent_heads(model_cfg: ModelConfig, features: Any, attr_features: Any) -> dict[str, Any]:
     """The ablation: the same branches and depth per level, with no messages between levels."""
     out = {}
     for level in OUTPUTS:
-        x = _norm(model_cfg, f"{level}_branch_norm")(_dense(model_cfg, f"{level}_branch")(features))
+        level_in = attr_features if level == "attributes" else features
+        x = _norm(model_cfg, f"{level}_branch_norm")(_dense(model_cfg, f"{level}_branch")(level_in))
         x = _dense(model_cfg, f"{level}_hidden_2")(_dense(model_cfg, f"{level}_hidden_1")(x))
         out[level] = _norm(model_cfg, f"{level}_hidden_norm")(_dropout(model_cfg, f"{level}_dropout")(x))
     return out
