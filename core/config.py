@@ -198,6 +198,9 @@ class ServingConfig:
     # The served model resizes the original photo itself, the evaluation saw the resized record, so
     # a barely trained model can flip a near tie; a different model disagrees on most.
     smoke_min_agreement: float = field(default=0.9, metadata=_range(0.0, 1.0))
+    # Flip test-time augmentation: answers averaged over the photo and its mirror image, in the
+    # exported model and in the evaluation that verifies it (twice the model's compute per photo).
+    flip_tta: bool = False
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,7 @@ def score_champion(
     Raises:
         StepError: the folder is not a model folder, or the champion saw other photos.
     """
-    from components.train.model_folder import load_model, predict_split
+    from components.train.model_folder import answering_model, load_model, predict_split
 
     champion_schema = layouts.read_labels(champion.model_dir)
     started = time.perf_counter()
@@ -203,7 +203,8 @@ def score_champion(
         runner = _AtInputSize(model, size)
         resized = f"{here[0]}x{here[1]} -> {size[0]}x{size[1]}"
         log.info("the champion takes %dx%d photos: the test photos are resized for it (%s)", *size, resized)
-    raw = predict_split(runner, data_dir, split, batch_size=batch_size)
+    # Scored the way this run's challenger is (flip averaging or not), so the comparison is fair.
+    raw = predict_split(answering_model(runner, config), data_dir, split, batch_size=batch_size)
     seconds = time.perf_counter() - started
     if ids is not None and not np.array_equal(np.asarray(raw["ids"]).astype(str), np.asarray(ids).astype(str)):
         raise StepError(f"{champion.description} was scored on other photos than the challenger")

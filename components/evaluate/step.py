@@ -408,13 +408,13 @@ def _evaluate(
     champion_metrics: dict | None,
     champion: Champion | None = None,
 ) -> EvaluationResult:
-    from components.train.model_folder import load_model, predict_split
+    from components.train.model_folder import answering_model, load_model, predict_split
 
     model_schema = layouts.read_labels(model_dir)
     check_same_labels(model_schema, layouts.read_labels(data_dir), model_dir, data_dir)
     started = time.perf_counter()
     model = load_model(model_dir)
-    predictions = predict_split(model, data_dir, SPLIT, batch_size=PREDICT_BATCH)
+    predictions = predict_split(answering_model(model, config), data_dir, SPLIT, batch_size=PREDICT_BATCH)
     predict_s = round(time.perf_counter() - started, 3)
     log.info("predicted %d test products in %.1fs", len(predictions["ids"]), predict_s)
     seconds = {"predict": predict_s}

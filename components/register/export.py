@@ -225,6 +225,7 @@ def build_serving_module(
     resize_mode: str,
     pad_color: Sequence[int],
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    flip_tta: bool = False,
 ) -> Any:
     """A `tf.Module` whose `serve` function is the `serving_default` signature.
 
@@ -236,6 +237,8 @@ def build_serving_module(
         max_pixels: photos declaring more pixels are refused before decoding (config.serving.max_image_pixels).
             The schema's category tree becomes a constant of the graph (`allowed_mask`) that the
             served pair is decoded over.
+        flip_tta: average the model's scores over each photo and its mirror image
+            (config.serving.flip_tta; the evaluation does the same, `model_folder.FlipAveraged`).
     """
     import tensorflow as tf
 
@@ -269,7 +272,14 @@ def build_serving_module(
                     _decode, image_bytes, fn_output_signature=tf.TensorSpec([height, width, 3], tf.uint8)
                 )
                 outputs = self.model(images, training=False)
-                return tuple(tf.cast(outputs[level], tf.float32) for level in ("category", "subcategory", "attributes"))
+                scores = [tf.cast(outputs[level], tf.float32) for level in ("category", "subcategory", "attributes")]
+                if flip_tta:
+                    mirrored = self.model(tf.reverse(images, axis=[2]), training=False)
+                    scores = [
+                        (score + tf.cast(mirrored[level], tf.float32)) / 2.0
+                        for score, level in zip(scores, ("category", "subcategory", "attributes"), strict=True)
+                    ]
+                return tuple(scores)
 
             def _empty() -> tuple[Any, Any, Any]:
                 # Some kernels reject a zero-size batch; an empty request gets an empty answer.
@@ -395,7 +405,12 @@ def export_model(
     model = load_model(model_dir)
     height, width = model_image_size(model)
     module = build_serving_module(
-        model, schema, cfg.preprocess.resize_mode, cfg.preprocess.pad_color, cfg.serving.max_image_pixels
+        model,
+        schema,
+        cfg.preprocess.resize_mode,
+        cfg.preprocess.pad_color,
+        cfg.serving.max_image_pixels,
+        flip_tta=cfg.serving.flip_tta,
     )
     photos = [p if isinstance(p, bytes) else Path(p).read_bytes() for p in warmup_photos]
     photos += synthetic_photos(height, width)
@@ -414,6 +429,7 @@ def export_model(
             "resize_mode": cfg.preprocess.resize_mode,
             "pad_color": list(cfg.preprocess.pad_color),
             "labels": schema.sizes,
+            "flip_tta": cfg.serving.flip_tta,
         }
         (local / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2))
         store.publish_version_dir(local, export_uri)

@@ -103,6 +103,30 @@ def load_model(model_dir: str | Path) -> Any:
     return keras.models.load_model(path, compile=False)
 
 
+class FlipAveraged:
+    """A model whose answers are averaged over each photo and its mirror image (`serving.flip_tta`).
+
+    The exported SavedModel does the same in its graph (`components.register.export`), so the
+    evaluation scores exactly what serving answers.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __call__(self, images: Any, training: bool = False) -> dict[str, Any]:
+        """The mean of the model's outputs on `images` and on `images` flipped left to right."""
+        from keras import ops
+
+        plain = self.model(images, training=training)
+        mirrored = self.model(ops.flip(ops.convert_to_tensor(images), axis=2), training=training)
+        return {key: (plain[key] + mirrored[key]) / 2.0 for key in plain}
+
+
+def answering_model(model: Any, config: Config) -> Any:
+    """`model` as the served model answers under `config`: with flip averaging where `serving.flip_tta` is on."""
+    return FlipAveraged(model) if config.serving.flip_tta else model
+
+
 def predict_split(model: Any, data_dir: str | Path, split: str, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Run a model over one split of the shards, in file order.
 
