@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from components.register import export
-from core.config import load_config
+from core.config import load_config, parse_overrides
 from tests.support import serving as testing
 
 
@@ -186,17 +186,21 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load level")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated client counts")
     parser.add_argument("--rest-concurrency", type=int, default=32, help="REST clients (beside gRPC at the same count)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="demo preset override, e.g. serving.flip_tta=true"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     photos = [p.read_bytes() for p in testing.sample_photos()]
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         tmp = Path(tmp)
-        config = load_config("demo")
+        config = load_config("demo", overrides=parse_overrides(args.overrides))
         model_dir = testing.make_model_dir(tmp / "model", config=config)
         version_dir = export.export_model(model_dir, str(tmp / "base" / "1"), config=config)
         print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
         model = f"{config.model.backbone}, width {config.model.width_multiplier}"
-        print(f"model: demo preset ({model}), one photo per request")
+        tta = ", flip test-time augmentation" if config.serving.flip_tta else ""
+        print(f"model: demo preset ({model}{tta}), one photo per request")
         base = in_process(version_dir, photos, levels, args.seconds)
         plain, plain_rest, plain_after = served(
             tmp / "base", photos, levels, args.seconds, False, tmp / "plain.log", args.rest_concurrency
