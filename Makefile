@@ -59,6 +59,9 @@ bench-train: setup ## cpu-full accuracy, unified vs independent heads (DATA=prep
 bench-compare-heads: setup ## Paired test of unified vs independent heads (DATA=..., RUN=bench-train output folder)
 	$(PY) -m bench.compare_heads --data $(DATA) --pair $(RUN)/unified $(RUN)/independent
 
+bench-compare-models: setup ## Paired test of a recipe change (DATA=..., BASE=model folder, NEW=model folder; FLIP=--flip)
+	$(PY) -m bench.compare_models --data $(DATA) --pair $(BASE) $(NEW) $(FLIP)
+
 bench-train-throughput: setup ## Benchmark: cpu-full training images/s, float32 vs mixed bfloat16, XLA, threads
 	$(PY) -m bench.train_throughput
 
@@ -112,5 +115,5 @@ compile: setup ## Compile the pipeline to pipeline.yaml for Kubeflow (PRESET=, C
 clean: ## Remove run outputs (keeps the virtual environment)
 	rm -rf runs .pytest_cache
 
-.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-train-throughput bench-train-input bench-warm-start bench-pipeline-time \
+.PHONY: help setup run test protos lint bench-ingest bench-preprocess bench-serving bench-train bench-compare-models bench-train-throughput bench-train-input bench-warm-start bench-pipeline-time \
 	bench-gpu-train bench-evaluate bench-compare-heads train evaluate serve mlflow-ui images compile clean

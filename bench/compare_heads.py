@@ -57,18 +57,23 @@ def correct_per_photo(pred: dict[str, np.ndarray], allowed: np.ndarray) -> dict[
     return out
 
 
-def compare(unified: dict[str, np.ndarray], independent: dict[str, np.ndarray]) -> dict[str, Any]:
+def compare(
+    unified: dict[str, np.ndarray],
+    independent: dict[str, np.ndarray],
+    names: tuple[str, str] = ("unified", "independent"),
+) -> dict[str, Any]:
     """Per level and decoding: both accuracies, discordant photos, McNemar p, bootstrap interval."""
     rows = {}
+    first, second = names
     for key in unified:
         a, b = unified[key], independent[key]
         only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
         lo, hi = bootstrap_interval(a, b)
         rows[key] = {
-            "unified": round(float(a.mean()), 4),
-            "independent": round(float(b.mean()), 4),
-            "only_unified": only_a,
-            "only_independent": only_b,
+            first: round(float(a.mean()), 4),
+            second: round(float(b.mean()), 4),
+            f"only_{first}": only_a,
+            f"only_{second}": only_b,
             "mcnemar_p": round(mcnemar_exact(only_a, only_b), 3),
             "diff_95": [round(lo, 4), round(hi, 4)],
         }
