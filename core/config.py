@@ -132,6 +132,9 @@ class TrainConfig:
     early_stopping_patience: int = field(default=3, metadata=_range(0, 1000))
     steps_per_epoch: int = field(default=0, metadata=_range(0, None))
     augment: bool = True
+    # Brightness/contrast jitter in the augmentation; it can turn a label's colour into another
+    # (white into grey, navy into black), so colour-sensitive recipes may turn it off.
+    colour_jitter: bool = True
     mixed_precision: str = field(default="auto", metadata=_choice("auto", "off", "mixed_float16", "mixed_bfloat16"))
     shuffle_buffer: int = field(default=4096, metadata=_range(1, None))
     class_weight_power: float = field(default=1.0, metadata=_range(0.0, 4.0))

@@ -153,6 +153,25 @@ def test_augmented_background_stays_white(shards):
     assert out.min() >= 200
 
 
+def test_without_colour_jitter_the_augmentation_keeps_every_kept_pixel_s_colour(shards):
+    """`train.colour_jitter: false`: geometry only; the same geometry as with the jitter on."""
+    import tensorflow as tf
+
+    from components.train.data import augment_batch
+
+    navy = np.zeros((8, HEIGHT, WIDTH, 3), np.uint8)
+    navy[..., 2] = 110
+    seed = tf.constant([3, 4], tf.int64)
+    plain = augment_batch(tf.constant(navy), seed, colour_jitter=False).numpy()
+    jittered = augment_batch(tf.constant(navy), seed).numpy()
+    centre = (slice(None), slice(HEIGHT // 3, 2 * HEIGHT // 3), slice(WIDTH // 3, 2 * WIDTH // 3))
+    np.testing.assert_array_equal(plain[centre], navy[centre])
+    assert np.abs(jittered[centre].astype(int) - navy[centre]).max() > 5
+    # The same flips and transforms: the white fill lands on the same pixels (bar a few blended edges).
+    filled, filled_jittered = plain.min(axis=-1) > 200, jittered.min(axis=-1) > 200
+    assert filled.any() and np.mean(filled != filled_jittered) < 0.005
+
+
 def test_training_batches_mix_classes_although_shards_are_written_class_by_class(shards):
     from components.train.data import make_dataset
     from core.records import read_split

@@ -111,18 +111,23 @@ def batch_pipeline(
     if training and train_cfg.augment:
         # A stateless seed per batch: reproducible, and safe to run batches in parallel.
         ds = ds.enumerate().map(
-            lambda i, pair: (augment_batch(pair[0], tf.stack([tf.constant(train_cfg.seed, tf.int64), i])), pair[1]),
+            lambda i, pair: (
+                augment_batch(pair[0], tf.stack([tf.constant(train_cfg.seed, tf.int64), i]), train_cfg.colour_jitter),
+                pair[1],
+            ),
             num_parallel_calls=_autotune(),
         )
     return ds.prefetch(_autotune())
 
 
-def augment_batch(images: Any, seed: Any) -> Any:
+def augment_batch(images: Any, seed: Any, colour_jitter: bool = True) -> Any:
     """Random flip, brightness, contrast and shift/scale/rotation of a uint8 image batch.
 
     Args:
         images: uint8 batch (N, H, W, 3).
         seed: int64 tensor of shape [2] for the stateless random ops.
+        colour_jitter: apply the brightness and contrast jitter (`train.colour_jitter`). Off, every
+            pixel the geometry keeps has its stored colour; the other draws stay the same.
 
     Returns:
         A uint8 batch of the same shape, so the model's own rescaling applies unchanged.
@@ -144,7 +149,8 @@ def augment_batch(images: Any, seed: Any) -> Any:
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
     contrast = uniform(*CONTRAST_RANGE)[:, None, None, None]
     brightness = (uniform(-MAX_BRIGHTNESS, MAX_BRIGHTNESS) * 255.0)[:, None, None, None]
-    x = (x - mean) * contrast + mean + brightness
+    if colour_jitter:
+        x = (x - mean) * contrast + mean + brightness
 
     # One projective transform per image: rotate and scale around the centre, then shift.
     angle = uniform(-MAX_ROTATE_DEG, MAX_ROTATE_DEG) * (math.pi / 180.0)
