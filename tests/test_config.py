@@ -63,3 +63,11 @@ def test_cli_overrides_parse_yaml_scalars():
     assert config.model.weights is None
     with pytest.raises(ConfigError, match="expected section.field=value"):
         parse_overrides(["train.epochs"])
+
+
+def test_an_unquoted_off_on_the_command_line_is_the_word_off():
+    """YAML reads `off` as false; a string setting whose choices include "off" still gets it."""
+    config = load_config("ci", overrides=parse_overrides(["train.mixed_precision=off"]))
+    assert config.train.mixed_precision == "off"
+    with pytest.raises(ConfigError, match="serving.model_name|model.backbone"):
+        load_config("ci", overrides=parse_overrides(["model.backbone=off"]))
