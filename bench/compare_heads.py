@@ -57,6 +57,19 @@ def correct_per_photo(pred: dict[str, np.ndarray], allowed: np.ndarray) -> dict[
     return out
 
 
+def macro_f1_per_level(pred: dict[str, np.ndarray], allowed: np.ndarray) -> dict[str, float]:
+    """Macro-F1 of each level, per-level arg-max and joint decoding: rare classes weigh as much as common ones."""
+    from sklearn.metrics import f1_score
+
+    cat, sub, _ = m.joint_decode(pred["category"], pred["subcategory"], allowed)
+    out = {}
+    for level, joint in zip(LEVELS, (cat, sub), strict=True):
+        true = pred[f"true_{level}"]
+        out[level] = round(float(f1_score(true, pred[level].argmax(axis=1), average="macro", zero_division=0)), 4)
+        out[f"{level}_joint"] = round(float(f1_score(true, joint, average="macro", zero_division=0)), 4)
+    return out
+
+
 def compare(
     unified: dict[str, np.ndarray],
     independent: dict[str, np.ndarray],
@@ -104,7 +117,13 @@ def main() -> None:
             raise SystemExit(f"{unified_dir} and {independent_dir} scored different photos: same --data for both")
         rows = compare(*(correct_per_photo(p, allowed) for p in preds))
         runs.append(rows)
-        print(json.dumps({"pair": [unified_dir, independent_dir], "photos": len(preds[0]["ids"]), **rows}), flush=True)
+        f1 = dict(zip(("unified", "independent"), (macro_f1_per_level(p, allowed) for p in preds), strict=True))
+        print(
+            json.dumps(
+                {"pair": [unified_dir, independent_dir], "photos": len(preds[0]["ids"]), **rows, "macro_f1": f1}
+            ),
+            flush=True,
+        )
     means = {
         key: {h: round(float(np.mean([r[key][h] for r in runs])), 4) for h in ("unified", "independent")}
         for key in runs[0]

@@ -22,7 +22,7 @@ import json
 
 import numpy as np
 
-from bench.compare_heads import compare, correct_per_photo
+from bench.compare_heads import compare, correct_per_photo, macro_f1_per_level
 from components.evaluate import metrics as m
 from components.train.model_folder import FlipAveraged, load_model, predict_split
 from core.labels import LabelSchema
@@ -75,7 +75,8 @@ def main() -> None:
         rows = compare(*(correct_per_group(p, allowed, schema) for p in preds), names=NAMES)
         runs.append(rows)
         pair = [baseline_dir, candidate_dir + (" (flip)" if args.flip else "")]
-        print(json.dumps({"pair": pair, "photos": len(preds[0]["ids"]), **rows}), flush=True)
+        f1 = dict(zip(NAMES, (macro_f1_per_level(p, allowed) for p in preds), strict=True))
+        print(json.dumps({"pair": pair, "photos": len(preds[0]["ids"]), **rows, "macro_f1": f1}), flush=True)
     means = {key: {n: round(float(np.mean([r[key][n] for r in runs])), 4) for n in NAMES} for key in runs[0]}
     for key, row in means.items():
         print(f"{key:<22} baseline {row['baseline']:.2%}  candidate {row['candidate']:.2%}")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench.compare_heads import bootstrap_interval, compare, correct_per_photo, mcnemar_exact
+from bench.compare_heads import bootstrap_interval, compare, correct_per_photo, macro_f1_per_level, mcnemar_exact
 from components.evaluate import metrics as m
 
 
@@ -54,3 +54,19 @@ def test_compare_counts_photos_only_one_model_gets_right_at_each_decoding():
     assert rows["subcategory"]["independent"] == 0.75
     assert rows["subcategory_joint"]["only_unified"] == 1
     assert rows["category"]["mcnemar_p"] == pytest.approx(0.5)
+
+
+def test_macro_f1_weighs_a_rare_class_as_much_as_a_common_one():
+    allowed = m.allowed_matrix([(0, 0), (0, 1), (1, 2)], 2, 3)
+    # Nine photos of category 0, one of category 1; the model calls all ten category 0.
+    truth = {"true_category": np.array([0] * 9 + [1]), "true_subcategory": np.array([0] * 9 + [2])}
+    pred = {
+        **truth,
+        "category": np.tile([[0.9, 0.1]], (10, 1)),
+        "subcategory": np.tile([[0.8, 0.1, 0.1]], (10, 1)),
+    }
+    f1 = macro_f1_per_level(pred, allowed)
+    # Category 0: precision 0.9, recall 1 -> F1 18/19; category 1: F1 0. Accuracy would say 0.9.
+    assert f1["category"] == pytest.approx((18 / 19) / 2, abs=1e-4)
+    assert f1["category_joint"] == f1["category"]
+    assert set(f1) == {"category", "category_joint", "subcategory", "subcategory_joint"}
