@@ -42,6 +42,8 @@ def correct_per_group(pred: dict[str, np.ndarray], allowed: np.ndarray, schema: 
     for group, idx in schema.attribute_groups.items():
         idx = np.asarray(idx)
         has = attrs[:, idx].sum(1) > 0
+        if not has.any():
+            continue  # no photo of the split has a value in this group: nothing to compare
         hit = np.argmax(pred["attributes"][:, idx], 1) == np.argmax(attrs[:, idx], 1)
         out[group] = hit[has]
     return out

@@ -49,3 +49,4 @@ def test_an_attribute_group_is_scored_by_its_arg_max_on_the_photos_that_have_a_v
     assert rows["season"]["baseline"] == rows["season"]["candidate"] == round(2 / 3, 4)
     assert (rows["season"]["only_baseline"], rows["season"]["only_candidate"]) == (1, 1)
     assert rows["category"]["baseline"] == 1.0 and "subcategory_joint" in rows
+    assert "usage" not in rows  # no photo has a usage value: the group is left out, not scored 0/0
