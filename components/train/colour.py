@@ -71,9 +71,13 @@ class ColourStatistics(keras.layers.Layer):
         width = 1.0 / self.levels
         member = ops.softmax(-ops.square((x[..., None] - centres) / width) * 2.0, axis=-1)  # [N, H, W, 3, L]
         red, green, blue = member[:, :, :, 0, :], member[:, :, :, 1, :], member[:, :, :, 2, :]
-        red_green = ops.einsum("nhwi,nhwj->nhwij", red * mask[..., None], green)
-        histogram = ops.einsum("nhwij,nhwk->nijk", red_green, blue)
-        histogram = ops.reshape(histogram, (-1, self.levels**3)) / total[:, None]
+        # Broadcast products and one batched matrix product over the pixels: an einsum of the outer
+        # product per pixel becomes hundreds of thousands of tiny matrix products on CPUs.
+        pixels = x.shape[1] * x.shape[2]
+        levels = self.levels
+        red_green = ops.reshape((red * mask[..., None])[..., :, None] * green[..., None, :], (-1, pixels, levels**2))
+        histogram = ops.einsum("npq,npk->nqk", red_green, ops.reshape(blue, (-1, pixels, levels)))
+        histogram = ops.reshape(histogram, (-1, levels**3)) / total[:, None]
 
         weights = mask[..., None] / total[:, None, None, None]
         mean = ops.sum(x * weights, axis=(1, 2))  # [N, 3]
