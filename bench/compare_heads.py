@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,14 @@ def compare(
     return rows
 
 
+def predict_pair(models: Sequence[Any], dirs: Sequence[str], data: str, split: str) -> list[dict[str, np.ndarray]]:
+    """Both models' predictions on `split`, checked to cover the same photos."""
+    preds = [predict_split(model, data, split) for model in models]
+    if not np.array_equal(preds[0]["ids"], preds[1]["ids"]):
+        raise SystemExit(f"{dirs[0]} and {dirs[1]} scored different photos: same --data for both")
+    return preds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -112,9 +121,8 @@ def main() -> None:
     allowed = m.allowed_matrix(schema.allowed_pairs(), len(schema.categories), len(schema.subcategories))
     runs = []
     for unified_dir, independent_dir in args.pair:
-        preds = [predict_split(load_model(d), args.data, args.split) for d in (unified_dir, independent_dir)]
-        if not np.array_equal(preds[0]["ids"], preds[1]["ids"]):
-            raise SystemExit(f"{unified_dir} and {independent_dir} scored different photos: same --data for both")
+        dirs = (unified_dir, independent_dir)
+        preds = predict_pair([load_model(d) for d in dirs], dirs, args.data, args.split)
         rows = compare(*(correct_per_photo(p, allowed) for p in preds))
         runs.append(rows)
         f1 = dict(zip(("unified", "independent"), (macro_f1_per_level(p, allowed) for p in preds), strict=True))

@@ -22,9 +22,9 @@ import json
 
 import numpy as np
 
-from bench.compare_heads import compare, correct_per_photo, macro_f1_per_level
+from bench.compare_heads import compare, correct_per_photo, macro_f1_per_level, predict_pair
 from components.evaluate import metrics as m
-from components.train.model_folder import FlipAveraged, load_model, predict_split
+from components.train.model_folder import FlipAveraged, load_model
 from core.labels import LabelSchema
 from core.layouts import read_labels
 
@@ -68,12 +68,8 @@ def main() -> None:
     runs = []
     for baseline_dir, candidate_dir in args.pair:
         candidate = load_model(candidate_dir)
-        preds = [
-            predict_split(load_model(baseline_dir), args.data, args.split),
-            predict_split(FlipAveraged(candidate) if args.flip else candidate, args.data, args.split),
-        ]
-        if not np.array_equal(preds[0]["ids"], preds[1]["ids"]):
-            raise SystemExit(f"{baseline_dir} and {candidate_dir} scored different photos: same --data for both")
+        models = [load_model(baseline_dir), FlipAveraged(candidate) if args.flip else candidate]
+        preds = predict_pair(models, (baseline_dir, candidate_dir), args.data, args.split)
         rows = compare(*(correct_per_group(p, allowed, schema) for p in preds), names=NAMES)
         runs.append(rows)
         pair = [baseline_dir, candidate_dir + (" (flip)" if args.flip else "")]

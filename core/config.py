@@ -327,7 +327,7 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if isinstance(value, bool):
             # YAML 1.1 reads an unquoted `off`/`on` (e.g. `--set train.mixed_precision=off`) as a boolean.
             return "on" if value else "off"
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float):
             return str(value)
         raise ConfigError(f"{name}: got {value!r}, expected a string")
     if origin is tuple:

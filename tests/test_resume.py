@@ -168,7 +168,7 @@ def test_resumed_training_starts_from_the_checkpoints_weights_and_optimizer_stat
         result = train_model(str(shards), str(tmp_path / "second"), config, checkpoint_root=root)
     assert (result.resumed_from, result.epochs_run) == (2, 4)
     assert len(seen["weights"]) == len(saved_weights)
-    for got, want in zip(seen["weights"], saved_weights):
+    for got, want in zip(seen["weights"], saved_weights, strict=True):
         np.testing.assert_array_equal(got, want)
     # Moments and the step count: a fresh optimizer would restart the learning-rate schedule.
     assert seen["optimizer"].keys() == saved_optimizer.keys()

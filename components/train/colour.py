@@ -83,7 +83,7 @@ class ColourStatistics(keras.layers.Layer):
         mean = ops.sum(x * weights, axis=(1, 2))  # [N, 3]
         variance = ops.sum(ops.square(x - mean[:, None, None, :]) * weights, axis=(1, 2))
         std = ops.sqrt(ops.maximum(variance, 0.0) + 1e-6)
-        share = total / float(x.shape[1] * x.shape[2])
+        share = total / float(pixels)
         return ops.concatenate([histogram, mean, std, background, share[:, None]], axis=-1)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
