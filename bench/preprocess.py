@@ -218,8 +218,8 @@ def main() -> None:
     print(f"baseline mean {a_seconds:.2f} s; b/a = {b_a:.2f} (aim >= 0.9); c/a = {c_a:.2f} (aim >= 1.3)")
     print("photos/s per core: " + ", ".join(f"({k}) {v:.0f}" for k, v in per_core.items()))
     print(
-        f"Dataflow projection: {cpu_per_photo * 1e3:.3f} CPU-ms per photo -> {vcpu_hours:.2f} vCPU-h and "
-        f"${dollars:.2f} per million photos on {DATAFLOW_WORKER} at list prices (us-central1)"
+        f"Dataflow projection: {cpu_per_photo * 1e3:.3f} CPU-ms per photo -> {vcpu_hours:.3f} vCPU-h and "
+        f"${dollars:.4f} per million photos on {DATAFLOW_WORKER} at list prices (us-central1)"
     )
     print(f"shards identical across a, b, c: {identical}")
     print(
@@ -233,7 +233,7 @@ def main() -> None:
                 "identical_shards": identical,
                 "startup_seconds": {k: round(v[0], 2) for k, v in startup.items()},
                 "photos_per_s_per_core": {k: round(v, 1) for k, v in per_core.items()},
-                "dataflow_usd_per_million": round(dollars, 2),
+                "dataflow_usd_per_million": round(dollars, 5),
                 "cpus": os.cpu_count(),
             }
         )
