@@ -7,7 +7,7 @@ step alone, apart from the input pipeline (measured by `bench/train_input.py`). 
 up (tracing, XLA compilation), the next `--steps` are timed. Vocabulary sizes are the shared
 catalogue's under the preset's `labels.min_class_count`.
 
-    .venv/bin/python -m bench.train_throughput [--steps 40] [--variants float32 bf16 ...] [--preset demo]
+    .venv/bin/python -m bench.train_throughput [--steps 40] [--variants float32 bf16 ...] [--preset demo] [--set K=V]
 
 Prints images/s per variant and the ratio to the baseline (float32, no XLA, TensorFlow's default
 threads) measured in the same run; the last line is JSON with "ratio" = best / baseline.
@@ -54,7 +54,9 @@ def catalogue_sizes(source_zip: Path, min_class_count: int) -> dict[str, int]:
     }
 
 
-def run_variant(name: str, steps: int, sizes: dict[str, int], preset: str = "cpu-full") -> dict[str, float]:
+def run_variant(
+    name: str, steps: int, sizes: dict[str, int], preset: str = "cpu-full", overrides: list[str] | None = None
+) -> dict[str, float]:
     """Time `steps` training steps of one variant in this process."""
     precision, jit, threads = VARIANTS[name]
     import tensorflow as tf
@@ -70,9 +72,9 @@ def run_variant(name: str, steps: int, sizes: dict[str, int], preset: str = "cpu
     from components.train.losses import build_losses
     from components.train.model import build_model
     from components.train.step import compile_model
-    from core.config import load_config
+    from core.config import load_config, parse_overrides
 
-    config = load_config(preset)
+    config = load_config(preset, overrides=parse_overrides(overrides or []))
     tc, mc = config.train, config.model
     height, width = config.preprocess.image_height, config.preprocess.image_width
     keras.mixed_precision.set_dtype_policy(precision)
@@ -127,17 +129,22 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--source", type=Path, default=DEFAULT_ZIP)
     parser.add_argument("--preset", default="cpu-full", help="the preset whose model and optimiser are timed")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="preset override, e.g. model.colour_levels=0"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_variant(args.one, args.steps, json.loads(args.sizes), args.preset)))
+        print(json.dumps(run_variant(args.one, args.steps, json.loads(args.sizes), args.preset, args.overrides)))
         return
 
-    from core.config import load_config
+    from core.config import load_config, parse_overrides
 
-    sizes = catalogue_sizes(args.source, load_config(args.preset).labels.min_class_count)
-    print(f"{args.preset} model, vocabularies {sizes}; CPUs: {os.cpu_count()}; {args.steps} timed steps per variant")
+    config = load_config(args.preset, overrides=parse_overrides(args.overrides))
+    sizes = catalogue_sizes(args.source, config.labels.min_class_count)
+    settings = " ".join(args.overrides) or "no overrides"
+    print(f"{args.preset} model ({settings}), vocabularies {sizes}; CPUs: {os.cpu_count()}; {args.steps} timed steps per variant")
     variants = [BASELINE, *[v for v in args.variants if v != BASELINE]]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = {}
@@ -153,7 +160,7 @@ def main() -> None:
             "--preset",
             args.preset,
         ]
-        cmd += ["--sizes", json.dumps(sizes)]
+        cmd += ["--sizes", json.dumps(sizes), *(f"--set={o}" for o in args.overrides)]
         done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{name:<18} failed: {done.stderr.strip().splitlines()[-1:]}")
