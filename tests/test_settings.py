@@ -10,7 +10,7 @@ from pipeline.cli import main
 
 def test_set_on_a_map_merges_into_the_presets_map():
     config = load_config("cpu-full", overrides=parse_overrides(["evaluate.floors.category_accuracy=0.99"]))
-    assert dict(config.evaluate.floors) == {"category_accuracy": 0.99, "subcategory_accuracy": 0.86}
+    assert dict(config.evaluate.floors) == {"category_accuracy": 0.99, "subcategory_accuracy": 0.85}
 
 
 def test_a_null_value_removes_a_map_entry():
