@@ -144,7 +144,8 @@ def main() -> None:
     config = load_config(args.preset, overrides=parse_overrides(args.overrides))
     sizes = catalogue_sizes(args.source, config.labels.min_class_count)
     settings = " ".join(args.overrides) or "no overrides"
-    print(f"{args.preset} model ({settings}), vocabularies {sizes}; CPUs: {os.cpu_count()}; {args.steps} timed steps per variant")
+    print(f"{args.preset} model ({settings}), vocabularies {sizes}; CPUs: {os.cpu_count()}", end="; ")
+    print(f"{args.steps} timed steps per variant")
     variants = [BASELINE, *[v for v in args.variants if v != BASELINE]]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results = {}
